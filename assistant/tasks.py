@@ -1,0 +1,231 @@
+"""The task layer: what the CLI and the TUI call. Nothing above this layer
+talks to a backend directly.
+
+- `summarize` turns a transcript into a clinical-note section. A transcript
+  longer than the model's context is split at turn boundaries, each part is
+  summarized, and the partial summaries are merged (recursively if needed),
+  so nothing is silently truncated.
+- `answer` answers a health question, optionally continuing a conversation.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from . import prompts
+from .backends.base import Backend, CancelToken, GenerationOptions, GenerationStats, Message
+
+TextCallback = Callable[[str], None]
+ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
+
+SUMMARY_MAX_TOKENS = 256
+ANSWER_MAX_TOKENS = 384
+
+
+class TaskError(ValueError):
+    """The input cannot be processed (for example an empty transcript)."""
+
+
+@dataclass
+class TaskResult:
+    text: str
+    model: str
+    stats: GenerationStats
+    parts: int = 1  # how many model calls produced the text
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stats.finish_reason == "cancelled"
+
+
+def _run(backend: Backend, messages: Sequence[Message], options: GenerationOptions,
+         on_text: TextCallback | None, cancel: CancelToken | None) -> tuple[str, GenerationStats]:
+    pieces = []
+    for piece in backend.stream(messages, options, cancel):
+        pieces.append(piece)
+        if on_text is not None:
+            on_text(piece)
+    assert backend.last_stats is not None
+    return "".join(pieces).strip(), backend.last_stats
+
+
+def _add(total: GenerationStats | None, stats: GenerationStats) -> GenerationStats:
+    if total is None:
+        return GenerationStats(**{k: getattr(stats, k) for k in
+                                  ("prompt_tokens", "completion_tokens", "ttft_s", "total_s", "finish_reason")})
+    total.prompt_tokens += stats.prompt_tokens
+    total.completion_tokens += stats.completion_tokens
+    total.total_s += stats.total_s
+    total.finish_reason = stats.finish_reason
+    return total
+
+
+def _system() -> Message:
+    return {"role": "system", "content": prompts.template("system")}
+
+
+def summary_messages(dialogue: str, section: str | None = None) -> list[Message]:
+    """The exact prompt a summary is generated from (also used to build training data)."""
+    title = prompts.section_title(section)
+    if title:
+        content = prompts.render("summarize_section", section=title, dialogue=dialogue.strip())
+    else:
+        content = prompts.render("summarize", dialogue=dialogue.strip())
+    return [_system(), {"role": "user", "content": content}]
+
+
+def answer_messages(question: str, history: Sequence[Message] = ()) -> list[Message]:
+    return [_system(), *history, {"role": "user", "content": prompts.render("answer", question=question.strip())}]
+
+
+# --- chunking -------------------------------------------------------------
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_to_fit(text: str, budget: int, count: Callable[[str], int]) -> list[str]:
+    """Split text into pieces of at most `budget` tokens, preferring turn
+    (line) boundaries, then sentence boundaries, then word boundaries."""
+    if budget < 8:
+        raise TaskError("the model's context is too small to hold any of the transcript")
+    return _split(text, budget, count, 0)
+
+
+_SPLITTERS: list[tuple[Callable[[str], list[str]], str]] = [
+    (lambda t: [l for l in t.splitlines() if l.strip()], "\n"),
+    (lambda t: [s for s in _SENTENCE.split(t) if s.strip()], " "),
+    (str.split, " "),
+]
+
+
+def _split(text: str, budget: int, count: Callable[[str], int], level: int) -> list[str]:
+    if count(text) <= budget:
+        return [text]
+    if level >= len(_SPLITTERS):  # a single "word" longer than the budget: cut by characters
+        half = max(1, len(text) // 2)
+        return _split(text[:half], budget, count, level) + _split(text[half:], budget, count, level)
+    split, joiner = _SPLITTERS[level]
+    units = split(text)
+    if len(units) <= 1:
+        return _split(text, budget, count, level + 1)
+    chunks: list[str] = []
+    current: list[str] = []
+    for unit in units:
+        candidate = joiner.join(current + [unit])
+        if current and count(candidate) > budget:
+            chunks.append(joiner.join(current))
+            current = [unit]
+        else:
+            current.append(unit)
+    if current:
+        chunks.append(joiner.join(current))
+    out: list[str] = []
+    for chunk in chunks:
+        out.extend(_split(chunk, budget, count, level + 1) if count(chunk) > budget else [chunk])
+    return out
+
+
+def _budget(backend: Backend, messages: list[Message], max_tokens: int, margin: int = 16) -> int:
+    """Tokens left for the transcript once the prompt scaffolding and the reply are reserved."""
+    return backend.context_length - backend.prompt_tokens(messages) - max_tokens - margin
+
+
+# --- tasks ----------------------------------------------------------------
+
+def summarize(
+    backend: Backend,
+    dialogue: str,
+    section: str | None = None,
+    options: GenerationOptions | None = None,
+    on_text: TextCallback | None = None,
+    cancel: CancelToken | None = None,
+    on_progress: ProgressCallback | None = None,
+    max_chunk_tokens: int | None = None,
+) -> TaskResult:
+    if not dialogue or not dialogue.strip():
+        raise TaskError("the transcript is empty")
+    opts = options or GenerationOptions(max_tokens=SUMMARY_MAX_TOKENS)
+    budget = _budget(backend, summary_messages("", section), opts.max_tokens)
+    if max_chunk_tokens:
+        budget = min(budget, max_chunk_tokens)
+    if backend.count_tokens(dialogue) <= budget:
+        text, stats = _run(backend, summary_messages(dialogue, section), opts, on_text, cancel)
+        return TaskResult(text, backend.model_name, stats)
+
+    title = prompts.section_title(section) or "summary"
+    part_budget = min(budget, _budget(backend, [_system(), {"role": "user", "content": prompts.render(
+        "summarize_part", part="99", parts="99", section=title, dialogue="")}], opts.max_tokens))
+    parts = split_to_fit(dialogue, part_budget, backend.count_tokens)
+    total: GenerationStats | None = None
+    summaries = []
+    calls = 0
+    for i, part in enumerate(parts, 1):
+        if on_progress:
+            on_progress("part", i - 1, len(parts))
+        messages = [_system(), {"role": "user", "content": prompts.render(
+            "summarize_part", part=str(i), parts=str(len(parts)), section=title, dialogue=part)}]
+        text, stats = _run(backend, messages, opts, None, cancel)
+        total = _add(total, stats)
+        calls += 1
+        summaries.append(text)
+        if stats.finish_reason == "cancelled":
+            return TaskResult("\n".join(summaries), backend.model_name, total, calls)
+    if on_progress:
+        on_progress("part", len(parts), len(parts))
+    merged, merge_stats, merge_calls = _merge(backend, summaries, title, opts, on_text, cancel, budget)
+    total = _add(total, merge_stats)
+    return TaskResult(merged, backend.model_name, total, calls + merge_calls)
+
+
+def _merge(backend: Backend, summaries: list[str], title: str, opts: GenerationOptions,
+           on_text: TextCallback | None, cancel: CancelToken | None, budget: int
+           ) -> tuple[str, GenerationStats, int]:
+    def merge_messages(items: list[str]) -> list[Message]:
+        body = "\n\n".join(f"Part {i}: {s}" for i, s in enumerate(items, 1))
+        return [_system(), {"role": "user", "content": prompts.render("merge", section=title, summaries=body)}]
+
+    merge_budget = min(budget, _budget(backend, merge_messages([]), opts.max_tokens))
+    calls = 0
+    total: GenerationStats | None = None
+    # Group partial summaries so each merge prompt fits; repeat until one group remains.
+    while True:
+        groups: list[list[str]] = [[]]
+        for s in summaries:
+            if groups[-1] and backend.count_tokens("\n\n".join(groups[-1] + [s])) + 8 * len(groups[-1]) > merge_budget:
+                groups.append([])
+            groups[-1].append(s)
+        if len(groups) == 1:
+            text, stats = _run(backend, merge_messages(groups[0]), opts, on_text, cancel)
+            return text, _add(total, stats), calls + 1
+        if len(groups) == len(summaries):  # no progress possible: each summary alone fills the budget
+            raise TaskError("partial summaries are too long to merge within the model's context")
+        merged = []
+        for g in groups:
+            text, stats = _run(backend, merge_messages(g), opts, None, cancel)
+            total = _add(total, stats)
+            calls += 1
+            merged.append(text)
+            if stats.finish_reason == "cancelled":
+                return "\n".join(merged), total, calls
+        summaries = merged
+
+
+def answer(
+    backend: Backend,
+    question: str,
+    history: Sequence[Message] = (),
+    options: GenerationOptions | None = None,
+    on_text: TextCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> TaskResult:
+    if not question or not question.strip():
+        raise TaskError("the question is empty")
+    opts = options or GenerationOptions(max_tokens=ANSWER_MAX_TOKENS)
+    messages = answer_messages(question, history)
+    # Drop the oldest turns of a long conversation rather than overflow the context.
+    while len(messages) > 2 and backend.prompt_tokens(messages) + opts.max_tokens > backend.context_length:
+        messages = [messages[0], *messages[3:]]
+    text, stats = _run(backend, messages, opts, on_text, cancel)
+    return TaskResult(text, backend.model_name, stats)
