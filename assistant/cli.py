@@ -17,7 +17,7 @@ from .batch_io import OutputError, OutputWriter, Record, RecordError, read_recor
 from .models import ModelError
 from .tasks import ANSWER_MAX_TOKENS, SUMMARY_MAX_TOKENS, TaskError, answer, summarize
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def model_options(f):

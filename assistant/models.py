@@ -11,6 +11,7 @@ A name is one of:
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -140,13 +141,34 @@ def info(spec: ModelSpec) -> ModelInfo:
 
 
 def _gguf_info(spec: ModelSpec) -> ModelInfo:
-    from gguf import GGUFReader, LlamaFileType
+    # Parsing a GGUF's metadata in Python takes seconds (the vocabulary is
+    # read item by item), so the result is cached per file identity.
+    from .paths import cache_home
 
     assert spec.path is not None
+    st = spec.path.stat()
+    key = hashlib.sha256(f"{spec.path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_home() / "model-info" / f"{key}.json"
     try:
-        reader = GGUFReader(spec.path)
+        data = json.loads(cached.read_text())
+    except (OSError, json.JSONDecodeError):
+        data = _read_gguf_info(spec.path)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(data))
+        except OSError:
+            pass
+    return ModelInfo(name=spec.name, kind="gguf", source=spec.source, size_bytes=st.st_size,
+                     extra={"adapter": str(spec.adapter) if spec.adapter else None}, **data)
+
+
+def _read_gguf_info(path: Path) -> dict:
+    from gguf import GGUFReader, LlamaFileType
+
+    try:
+        reader = GGUFReader(path)
     except Exception as exc:  # the gguf reader raises assorted errors on truncated files
-        raise ModelError(f"{spec.path} is not a readable GGUF file: {exc}") from exc
+        raise ModelError(f"{path} is not a readable GGUF file: {exc}") from exc
 
     def field_value(key: str):
         f = reader.fields.get(key)
@@ -160,19 +182,13 @@ def _gguf_info(spec: ModelSpec) -> ModelInfo:
         quant = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else None
     except ValueError:
         quant = str(file_type)
-    params = sum(int(t.n_elements) for t in reader.tensors)
-    return ModelInfo(
-        name=spec.name,
-        kind="gguf",
-        source=spec.source,
-        size_bytes=spec.path.stat().st_size,
-        quantization=quant,
-        parameters=params,
-        architecture=arch,
-        context_length=field_value(f"{arch}.context_length"),
-        layers=field_value(f"{arch}.block_count"),
-        extra={"adapter": str(spec.adapter) if spec.adapter else None},
-    )
+    return {
+        "quantization": quant,
+        "parameters": sum(int(t.n_elements) for t in reader.tensors),
+        "architecture": arch,
+        "context_length": field_value(f"{arch}.context_length"),
+        "layers": field_value(f"{arch}.block_count"),
+    }
 
 
 def _hf_info(spec: ModelSpec) -> ModelInfo:

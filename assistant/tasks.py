@@ -225,7 +225,8 @@ def answer(
     opts = options or GenerationOptions(max_tokens=ANSWER_MAX_TOKENS)
     messages = answer_messages(question, history)
     # Drop the oldest turns of a long conversation rather than overflow the context.
-    while len(messages) > 2 and backend.prompt_tokens(messages) + opts.max_tokens > backend.context_length:
+    reserve = min(opts.max_tokens, backend.context_length // 2)
+    while len(messages) > 2 and backend.prompt_tokens(messages) + reserve > backend.context_length:
         messages = [messages[0], *messages[3:]]
     text, stats = _run(backend, messages, opts, on_text, cancel)
     return TaskResult(text, backend.model_name, stats)

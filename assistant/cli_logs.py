@@ -1,0 +1,288 @@
+"""`assistant logs`: browse, search, export and prune the session log.
+
+Register on the main group with ``cli.add_command(logs)``. Every command takes
+``--db PATH`` (or ``$ASSISTANT_DB``); without a subcommand, `logs` lists sessions.
+"""
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from assistant import store as store_mod
+from assistant.store import Store, StoreError
+
+_MARK = ("\x02", "\x03")  # snippet highlight markers that cannot occur in typed text
+
+
+class _LogsGroup(click.Group):
+    """Defaults to `list` (also when only options are given) and reports StoreError in one red line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0].startswith("-") and args[0] != "--help"):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except StoreError as e:
+            click.secho(f"Error: {' '.join(str(e).split())}", fg="red", err=True)
+            ctx.exit(1)
+
+
+def db_option(fn):
+    return click.option(
+        "--db",
+        "db_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar=store_mod.DB_ENV,
+        help=f"Log database (default: ${store_mod.DB_ENV} or {store_mod.default_db_path()}).",
+    )(fn)
+
+
+def _open(db_path: Path | None) -> Store:
+    return Store(db_path)
+
+
+def _when(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _console() -> Console:
+    # Created per call so output follows click's (possibly redirected) stdout.
+    return Console(highlight=False, soft_wrap=False)
+
+
+@click.group(cls=_LogsGroup)
+def logs():
+    """Browse and manage the local log of sessions."""
+
+
+@logs.command("list")
+@db_option
+@click.option("-n", "--limit", default=20, show_default=True, help="How many sessions.")
+@click.option("--mode", type=click.Choice(store_mod.MODES), help="Only this kind of session.")
+@click.option("--archived", is_flag=True, help="Include archived sessions.")
+def list_cmd(db_path, limit, mode, archived):
+    """List recent sessions."""
+    with _open(db_path) as st:
+        rows = st.list_sessions(limit=limit, mode=mode, include_archived=archived)
+    if not rows:
+        click.echo("No sessions logged yet.")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    table.add_column("id", no_wrap=True, min_width=26)
+    table.add_column("when", no_wrap=True, min_width=16)
+    table.add_column("mode", no_wrap=True, min_width=5)
+    table.add_column("model", no_wrap=True, min_width=5, max_width=20, overflow="ellipsis")
+    table.add_column("title", min_width=10)
+    table.add_column("msgs", justify="right", no_wrap=True, min_width=4)
+    for r in rows:
+        title = r["title"] or (r["preview"] or "").replace("\n", " ")
+        if r["archived"]:
+            title = f"[archived] {title}"
+        table.add_row(r["id"], _when(r["updated"]), r["mode"], r["model"] or "-", Text(title, no_wrap=True, overflow="ellipsis"), str(r["message_count"]))
+    _console().print(table)
+
+
+@logs.command()
+@db_option
+@click.argument("session_id")
+def show(db_path, session_id):
+    """Show one session with all its messages (an id prefix is enough)."""
+    with _open(db_path) as st:
+        s = st.get_session(session_id)
+    con = _console()
+    con.print(Text(s["title"] or "Untitled session", style="bold"))
+    con.print(Text(f"{s['id']} · {s['mode']} · {s['model'] or '-'} · {_when(s['created'])}", style="dim"))
+    for r in s["batch_runs"]:
+        con.print(Text(f"batch {r['task']}: {r['input_path']} -> {r['output_path'] or '-'} "
+                       f"({r['status']}, {r['counts']})", style="dim"))
+    for m in s["messages"]:
+        head = Text(f"\n{m['role']}", style="bold cyan" if m["role"] == "user" else "bold green")
+        head.append(f" · {_when(m['created'])}", style="dim")
+        if m["model"] and m["role"] == "assistant":
+            head.append(f" · {m['model']}", style="dim")
+        if m["status"] != "complete":
+            head.append(f" · {m['status']}", style="bold yellow" if m["status"] != "error" else "bold red")
+        con.print(head)
+        con.print(Text(m["content"] or "(empty)"))
+        if m["meta"] and m["meta"].get("error"):
+            con.print(Text(f"error: {m['meta']['error']}", style="red"))
+
+
+@logs.command()
+@db_option
+@click.argument("query")
+@click.option("-n", "--limit", default=20, show_default=True)
+def search(db_path, query, limit):
+    """Full-text search over every message, best matches first."""
+    with _open(db_path) as st:
+        hits = st.search(query, limit=limit, mark=_MARK)
+    if not hits:
+        click.echo("No matches.")
+        return
+    con = _console()
+    for h in hits:
+        line = Text(f"{h['session_id']}  {_when(h['created'])}  {h['role']}", style="dim")
+        if h["status"] != "complete":
+            line.append(f"  {h['status']}", style="yellow")
+        con.print(line)
+        con.print(_highlight(h["snippet"]))
+
+
+def _highlight(snippet: str) -> Text:
+    text = Text("  ")
+    for i, part in enumerate(snippet.replace(_MARK[1], _MARK[0]).split(_MARK[0])):
+        text.append(part.replace("\n", " "), style="bold reverse" if i % 2 else None)
+    return text
+
+
+@logs.command()
+@db_option
+@click.argument("session_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Export every session.")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "json"]), default="markdown", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
+def export(db_path, session_ids, all_, fmt, output):
+    """Export sessions as Markdown or JSON (JSON can be imported again)."""
+    if not session_ids and not all_:
+        raise click.UsageError("give one or more session ids, or --all")
+    with _open(db_path) as st:
+        text = st.export(None if all_ else session_ids, fmt=fmt)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise StoreError(f"{output}: cannot write the export: {e.strerror}") from e
+    click.echo(f"Wrote {output}")
+
+
+@logs.command("import")
+@db_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_cmd(db_path, file):
+    """Import a JSON export (sessions already present are skipped)."""
+    with _open(db_path) as st:
+        counts = st.import_json(file)
+    click.echo(f"Imported {counts['sessions']} sessions ({counts['messages']} messages), skipped {counts['skipped']}.")
+
+
+@logs.command()
+@db_option
+@click.argument("session_ids", nargs=-1)
+@click.option("--before", "before", metavar="DATE", help="Delete everything older than this ISO date/time.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--vacuum", is_flag=True, help="Afterwards, compact the file so deleted text leaves the disk.")
+def delete(db_path, session_ids, before, yes, vacuum):
+    """Delete sessions by id, or everything before a date."""
+    if bool(session_ids) == bool(before):
+        raise click.UsageError("give session ids or --before DATE (not both)")
+    cutoff = None
+    if before:
+        try:
+            cutoff = datetime.fromisoformat(before)
+        except ValueError:
+            raise click.BadParameter(f"{before!r} is not an ISO date such as 2025-01-31", param_hint="--before")
+    with _open(db_path) as st:
+        if session_ids:
+            ids = [st.get_session(i)["id"] for i in session_ids]  # fail before deleting anything
+            what = f"{len(ids)} session(s)"
+        else:
+            what = f"every message before {cutoff.isoformat(sep=' ')}"
+        if not yes and not click.confirm(f"Permanently delete {what}?"):
+            click.echo("Nothing deleted.")
+            return
+        if session_ids:
+            for sid in ids:
+                st.delete_session(sid)
+            click.echo(f"Deleted {len(ids)} session(s).")
+        else:
+            counts = st.delete_before(cutoff)
+            click.echo(f"Deleted {counts['messages']} messages and {counts['sessions']} sessions.")
+        if vacuum:
+            st.vacuum()
+            click.echo("Vacuumed.")
+
+
+@logs.command()
+@db_option
+@click.argument("session_id")
+@click.argument("title")
+def rename(db_path, session_id, title):
+    """Give a session a title."""
+    with _open(db_path) as st:
+        st.rename_session(session_id, title)
+
+
+@logs.command()
+@db_option
+@click.argument("session_id")
+@click.option("--undo", is_flag=True, help="Unarchive.")
+def archive(db_path, session_id, undo):
+    """Hide a session from `logs list` without deleting it."""
+    with _open(db_path) as st:
+        st.archive_session(session_id, archived=not undo)
+
+
+@logs.command()
+@db_option
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+def backup(db_path, dest):
+    """Copy the database safely, even while the assistant is running."""
+    with _open(db_path) as st:
+        st.backup(dest)
+    click.echo(f"Backed up to {dest}")
+
+
+@logs.command()
+@db_option
+def path(db_path):
+    """Print the database path."""
+    click.echo(str(store_mod.resolve_db_path(db_path)))
+
+
+@logs.command()
+@db_option
+def on(db_path):
+    """Turn session logging on (persists)."""
+    store_mod.set_logging(True)
+    click.echo("Session logging is on.")
+
+
+@logs.command()
+@db_option
+def off(db_path):
+    """Turn session logging off (persists); existing logs are kept."""
+    store_mod.set_logging(False)
+    click.echo("Session logging is off.")
+
+
+@logs.command()
+@db_option
+def status(db_path):
+    """Say whether logging is on, where the database is and how big it is."""
+    p = store_mod.resolve_db_path(db_path)
+    click.echo(f"Logging: {'on' if store_mod.logging_enabled() else 'off'}")
+    click.echo(f"Database: {p}")
+    if p.exists():
+        with _open(db_path) as st:
+            info = st.summary()
+        click.echo(f"Sessions: {info['sessions']}, messages: {info['messages']}, size: {info['size_bytes'] / 1024:.0f} KiB")
+    else:
+        click.echo("Sessions: 0 (no database yet)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(logs())

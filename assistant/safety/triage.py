@@ -1,0 +1,239 @@
+"""Deterministic red-flag triage that runs before the model on every message.
+
+A small model must never be the thing that decides whether someone should call
+an ambulance, so this layer is plain rules loaded from data/safety/triage.toml:
+normalise the text, fix typos of the alarm words, match regex terms, and drop
+matches that are negated, educational ("what are the signs of a stroke?") or
+about nobody in particular. It is fast (well under 1 ms per message) and
+explainable: `reasons` names the rules that fired, for logs.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+import tomllib
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "data" / "safety" / "triage.toml"
+ENV_CONFIG = "HEALTH_ASSISTANT_SAFETY_CONFIG"
+ENV_NUMBERS = {
+    "emergency": "HEALTH_ASSISTANT_EMERGENCY_NUMBER",
+    "crisis": "HEALTH_ASSISTANT_CRISIS_NUMBER",
+    "poison": "HEALTH_ASSISTANT_POISON_NUMBER",
+}
+LEVELS = ("emergency", "crisis", "none")
+
+
+@dataclass(frozen=True)
+class TriageResult:
+    level: str  # "emergency" | "crisis" | "none"
+    scope: str | None = None  # "diagnosis" | "prescription" | "dose_change" | None
+    reasons: tuple[str, ...] = ()
+    message: str | None = None  # fixed text to show instead of a model answer
+    referral: str | None = None  # scope-guard line to add to a model answer
+
+    @property
+    def urgent(self) -> bool:
+        return self.level != "none"
+
+
+@dataclass
+class _Rule:
+    id: str
+    level: str
+    terms: list[re.Pattern]
+    context: bool
+
+
+@dataclass
+class TriageConfig:
+    numbers: dict
+    messages: dict
+    referral: dict
+    rules: list[_Rule]
+    scopes: list[tuple[str, re.Pattern]]
+    ctx: dict[str, re.Pattern]
+    fuzzy_words: frozenset[str]
+    fuzzy_keep: frozenset[str]
+    min_ratio: float
+    _by_letter: dict[str, list[str]] = field(default_factory=dict)
+    _fixed: dict[str, str] = field(default_factory=dict)  # memo: most tokens repeat
+
+    def correct(self, token: str) -> str:
+        if token not in self._fixed:
+            if len(self._fixed) > 50_000:
+                self._fixed.clear()
+            self._fixed[token] = self._closest(token)
+        return self._fixed[token]
+
+    def _closest(self, token: str) -> str:
+        if len(token) < 4 or token in self.fuzzy_words or token in self.fuzzy_keep or not token.isalpha():
+            return token
+        candidates = self._by_letter.get(token[0], [])
+        for word in candidates:  # a swapped pair ("pian") scores too low on ratio
+            if len(word) == len(token) and sorted(word) == sorted(token):
+                diffs = [i for i, (a, b) in enumerate(zip(word, token)) if a != b]
+                if len(diffs) == 2 and diffs[1] == diffs[0] + 1:
+                    return word
+        best = difflib.get_close_matches(token, candidates, n=1, cutoff=self.min_ratio)
+        if not best or best[0].startswith(token) or token.startswith(best[0]):
+            return token  # an inflection ("swallow", "attacks"), not a typo
+        return best[0]
+
+    def render(self, level: str) -> str:
+        values = dict(self.numbers)
+        values["numbers_hint"] = self.messages.get("numbers_hint", "").format(**self.numbers)
+        return self.messages[level].format(**values).strip()
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None) -> TriageConfig:
+    """Shipped rules, overlaid with a user TOML (`path`, else $HEALTH_ASSISTANT_SAFETY_CONFIG),
+    then number env vars. A user file normally holds only [numbers] and maybe [messages]."""
+    raw = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    user = path or os.environ.get(ENV_CONFIG)
+    if user:
+        raw = _merge(raw, tomllib.loads(Path(user).read_text(encoding="utf-8")))
+    numbers = dict(raw["numbers"])
+    for key, env in ENV_NUMBERS.items():
+        if os.environ.get(env):
+            numbers[key] = os.environ[env]
+
+    terms = raw.get("terms", {})
+
+    def compile_term(src: str) -> re.Pattern:
+        # {NAME} pulls in a shared term; regex quantifiers like {0,3} are left alone.
+        src = re.sub(r"\{([A-Z_]+)\}", lambda m: f"(?:{terms[m.group(1)]})", src)
+        return re.compile(src)
+
+    rules = [
+        _Rule(r["id"], r["level"], [compile_term(t) for t in r["all"]], bool(r.get("context", False)))
+        for r in raw["rule"]
+    ]
+    # Crisis rules first: when both fire, the crisis text (which also names the
+    # emergency number) is the right one to show.
+    rules.sort(key=lambda r: r.level != "crisis")
+    fz = raw.get("fuzzy", {})
+    cfg = TriageConfig(
+        numbers=numbers,
+        messages=raw["messages"],
+        referral=raw.get("referral", {}),
+        rules=rules,
+        scopes=[(s["id"], re.compile(s["pattern"])) for s in raw.get("scope", [])],
+        ctx={k: re.compile(v) for k, v in raw["context"].items()},
+        fuzzy_words=frozenset(fz.get("words", [])),
+        fuzzy_keep=frozenset(fz.get("keep", [])),
+        min_ratio=float(fz.get("min_ratio", 0.85)),
+    )
+    for w in sorted(cfg.fuzzy_words):
+        cfg._by_letter.setdefault(w[0], []).append(w)
+    return cfg
+
+
+# ---- normalisation -----------------------------------------------------------
+
+_CONTRACTIONS = [
+    (r"\b(?:can ?not|can'?t|cannnot)\b", "cannot"),
+    (r"\bwon'?t\b", "will not"),
+    (r"\b(is|are|was|were|do|does|did|have|has|had|could|would|should|must|ai)n'?t\b", r"\1 not"),
+    (r"\bi'?m\b", "i am"),
+    (r"\bi'?ve\b", "i have"),
+    (r"\bi'?ll\b", "i will"),
+    (r"\bi'd\b", "i would"),
+    (r"\b(it|he|she|that|there|what|who)'s\b", r"\1 is"),
+    (r"\b(you|we|they)'re\b", r"\1 are"),
+    (r"\b(you|we|they)'ve\b", r"\1 have"),
+    (r"\bwanna\b", "want to"),
+    (r"\bgonna\b", "going to"),
+    (r"\bgotta\b", "got to"),
+    (r"\bcuz\b", "because"),
+    (r"\b(?:u)\b", "you"),
+    (r"'s\b", ""),  # possessive: "dad's face" -> "dad face"
+]
+_CONTRACTIONS = [(re.compile(p), r) for p, r in _CONTRACTIONS]
+# Sentence and clause breaks; a "." between digits (38.5) is not one.
+_BREAKS = re.compile(r"(?<!\d)[.](?!\d)|[!?;,:()\[\]\n]|\s[-–—]+\s|\b(?:but|however|although|though)\b")
+_WORD = re.compile(r"\d+(?:\.\d+)?|[a-z]+")
+
+
+def normalise(text: str, cfg: TriageConfig) -> str:
+    """Lower-cased words, typos fixed, clauses joined by ' | '."""
+    s = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'").replace("`", "'")
+    for pattern, repl in _CONTRACTIONS:
+        s = pattern.sub(repl, s)
+    clauses = []
+    for part in _BREAKS.split(s):
+        words = [cfg.correct(w) for w in _WORD.findall(part)]
+        if words:
+            clauses.append(" ".join(words))
+    return " | ".join(clauses)
+
+
+# ---- matching ---------------------------------------------------------------
+
+def _clause_at(norm: str, pos: int) -> tuple[int, str]:
+    start = norm.rfind("|", 0, pos) + 1
+    end = norm.find("|", pos)
+    return start, norm[start : end if end >= 0 else len(norm)]
+
+
+def _usable(norm: str, m: re.Match, cfg: TriageConfig) -> bool:
+    start, clause = _clause_at(norm, m.start())
+    prefix = " " + norm[start : m.start()].strip() + " "
+    if cfg.ctx["negation"].search(prefix):
+        return False
+    if cfg.ctx["educational"].search(clause) and not cfg.ctx["personal_now"].search(clause):
+        return False
+    return True
+
+
+_QUESTION_START = re.compile(
+    r"^\W*(?:what|how|why|when|where|which|who|can|could|is|are|does|do|should|would|will|tell|explain)\b", re.I
+)
+
+
+def _is_question(text: str) -> bool:
+    return "?" in text or bool(_QUESTION_START.match(text))
+
+
+def _rule_fires(rule: _Rule, norm: str, cfg: TriageConfig, question: bool) -> bool:
+    for term in rule.terms:
+        if not any(_usable(norm, m, cfg) for m in term.finditer(norm)):
+            return False
+    if rule.context:
+        if question and not cfg.ctx["person"].search(norm):
+            return False
+        if cfg.ctx["past"].search(norm) and not cfg.ctx["current"].search(norm):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def default_config() -> TriageConfig:
+    return load_config()
+
+
+def triage(text: str, config: TriageConfig | None = None) -> TriageResult:
+    cfg = config or default_config()
+    norm = normalise(text or "", cfg)
+    question = _is_question(text or "")
+    fired = [r for r in cfg.rules if _rule_fires(r, norm, cfg, question)]
+    level = fired[0].level if fired else "none"
+    scope = next((sid for sid, pat in cfg.scopes if pat.search(norm)), None)
+    return TriageResult(
+        level=level,
+        scope=scope,
+        reasons=tuple(r.id for r in fired),
+        message=cfg.render(level) if fired else None,
+        referral=cfg.referral.get(scope) if scope else None,
+    )

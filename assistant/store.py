@@ -1,0 +1,802 @@
+"""The session store: an SQLite log of every session. The only module that touches the database.
+
+Location: ``$ASSISTANT_DB`` if set, else ``$XDG_DATA_HOME/health-assistant/logs.db``
+(``~/.local/share/health-assistant/logs.db``). The file is created with mode 0600.
+
+Public API::
+
+    Store(path=None)                                  # raises StoreError on any bad file
+    store.new_session(mode, model, title=None) -> str          # mode: chat | kiosk | batch
+    store.add_message(session_id, role, content, *, model=None, options=None,
+                      status="complete", meta=None) -> int     # committed at once
+    store.start_reply(session_id, model, options=None) -> ReplyWriter
+        writer.append(piece)        # flushed to disk at most every FLUSH_INTERVAL_S
+        writer.finish(stats=None, status="complete", meta=None)
+        writer.cancel(stats=None)   # status "cancelled", partial text kept
+        writer.fail(error, stats=None)  # status "error", error in meta["error"]
+    store.start_batch(task, input_path, output_path, model) -> (session_id, run_id)
+    store.finish_batch(run_id, counts, status="complete")
+    store.list_sessions(limit=20, mode=None, include_archived=False) -> list[dict]
+    store.get_session(id) -> dict (with "messages" and "batch_runs")
+    store.search(query, limit=20, mark=("**", "**")) -> list[dict]   # bm25-ranked, snippet
+    store.rename_session(id, title); store.archive_session(id, archived=True)
+    store.delete_session(id); store.delete_before(when) -> dict; store.vacuum()
+    store.export(ids=None, fmt="markdown" | "json") -> str; store.import_json(src) -> dict
+    store.summary() -> dict; store.backup(path); store.close()
+
+    logging_enabled() / set_logging(bool)   # marker file $XDG_CONFIG_HOME/health-assistant/logs-off
+    open_store(path=None) -> Store | None   # None when logging is switched off
+
+Every failure of the database (not a database, written by a newer version, read-only
+location, disk full, locked too long) is raised as ``StoreError`` whose message names
+the file and the problem. Session ids are time-sortable ULIDs; message ids are integers.
+A message's ``status`` is one of complete / partial / cancelled / error.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import sqlite_utils
+from sqlite_utils.db import NotFoundError
+
+APP_DIR = "health-assistant"
+DB_ENV = "ASSISTANT_DB"
+FLUSH_INTERVAL_S = 0.5
+BUSY_TIMEOUT_MS = 10_000
+STATUSES = ("complete", "partial", "cancelled", "error")
+MODES = ("chat", "kiosk", "batch")
+EXPORT_FORMAT = "health-assistant-logs"
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class StoreError(Exception):
+    """The log database could not be opened, read or written."""
+
+
+class SessionNotFound(StoreError):
+    pass
+
+
+# --- locations and the on/off switch --------------------------------------------------
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    # The XDG spec says relative values are invalid and must be ignored.
+    return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
+
+
+def default_db_path() -> Path:
+    return _xdg("XDG_DATA_HOME", ".local/share") / APP_DIR / "logs.db"
+
+
+def resolve_db_path(path: str | os.PathLike | None = None) -> Path:
+    if path:
+        return Path(path).expanduser()
+    if os.environ.get(DB_ENV):
+        return Path(os.environ[DB_ENV]).expanduser()
+    return default_db_path()
+
+
+def _logs_off_marker() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / APP_DIR / "logs-off"
+
+
+def logging_enabled() -> bool:
+    return not _logs_off_marker().exists()
+
+
+def set_logging(enabled: bool) -> None:
+    marker = _logs_off_marker()
+    try:
+        if enabled:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("Session logging is off. Run `assistant logs on` to turn it back on.\n")
+    except OSError as e:
+        raise StoreError(f"{marker}: cannot change the logging switch: {e.strerror}") from e
+
+
+def open_store(path: str | os.PathLike | None = None) -> "Store | None":
+    """The write path's entry point: a Store, or None when the user switched logging off."""
+    return Store(path) if logging_enabled() else None
+
+
+# --- small helpers ----------------------------------------------------------------------
+
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id() -> str:
+    """A ULID: 48 bits of milliseconds then 80 random bits, so ids sort by creation time."""
+    n = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    return "".join(_CROCKFORD[(n >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _iso(when: datetime) -> str:
+    # Naive datetimes are the user's local time (e.g. `--before 2025-01-01`).
+    return when.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def fts_query(text: str) -> str:
+    """Each word becomes a quoted FTS5 term (implicit AND): no user input is FTS syntax."""
+    return " ".join(f'"{word}"' for word in re.findall(r"\w+", text))
+
+
+def _explain(exc: sqlite3.Error) -> str:
+    msg = str(exc)
+    low = msg.lower()
+    if "not a database" in low or "malformed" in low:
+        return f"not a valid SQLite database ({msg})"
+    if "full" in low:
+        return f"the disk is full or the database reached its size limit ({msg})"
+    if "readonly" in low or "read-only" in low or "unable to open" in low:
+        return f"cannot write there: read-only location or no permission ({msg})"
+    if "locked" in low or "busy" in low:
+        return f"the database stayed locked by another process for too long ({msg})"
+    return msg
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty file readable by the owner only, before SQLite opens it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)  # the umask may have masked bits off; make it exact anyway
+
+
+# --- migrations (applied in order, once each, recorded in _migrations) ----------------
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn: Callable[[sqlite_utils.Database], None]):
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["sessions"].create(
+        {"id": str, "title": str, "mode": str, "model": str, "created": str, "updated": str, "archived": int},
+        pk="id",
+        not_null={"mode", "created", "updated", "archived"},
+        defaults={"archived": 0},
+    )
+    db["messages"].create(
+        {
+            "id": int,
+            "session_id": str,
+            "role": str,
+            "content": str,
+            "created": str,
+            "model": str,
+            "options": str,  # GenerationOptions as JSON
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "ttft_s": float,
+            "duration_s": float,
+            "status": str,
+            "meta": str,  # free JSON: finish_reason, error, later triage/sources
+        },
+        # An INTEGER PRIMARY KEY is the rowid; the external-content FTS index refers to
+        # rowids, which VACUUM may renumber for tables without one.
+        pk="id",
+        foreign_keys=[("session_id", "sessions", "id")],
+        not_null={"session_id", "role", "content", "created", "status"},
+        defaults={"content": "", "status": "complete"},
+    )
+    db["messages"].create_index(["session_id"])
+    db["messages"].enable_fts(["content"], fts_version="FTS5", create_triggers=True)
+
+
+@migration
+def m002_batch_runs(db: sqlite_utils.Database) -> None:
+    db["batch_runs"].create(
+        {
+            "id": int,
+            "session_id": str,
+            "task": str,
+            "input_path": str,
+            "output_path": str,
+            "model": str,
+            "counts": str,  # JSON, e.g. {"items": 40, "ok": 39, "failed": 1}
+            "started": str,
+            "finished": str,
+            "status": str,  # running | complete | partial | cancelled | error
+        },
+        pk="id",
+        foreign_keys=[("session_id", "sessions", "id")],
+        not_null={"session_id", "task", "started", "status"},
+    )
+    db["batch_runs"].create_index(["session_id"])
+
+
+@migration
+def m003_time_indexes(db: sqlite_utils.Database) -> None:
+    # `logs list` sorts by sessions.updated; `delete --before` filters on created.
+    db["sessions"].create_index(["updated"])
+    db["messages"].create_index(["created"])
+
+
+def applied_migrations(db: sqlite_utils.Database) -> list[str]:
+    if not db["_migrations"].exists():
+        return []
+    return [r["name"] for r in db.query("select name from _migrations order by rowid")]
+
+
+def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
+    """Apply the pending migrations (all, or up to and including `upto`) in one transaction.
+
+    BEGIN IMMEDIATE takes the write lock before reading what is applied, so two
+    processes opening a fresh file at once cannot both run m001.
+    """
+    done: list[str] = []
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        db["_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+        applied = set(applied_migrations(db))
+        for fn in MIGRATIONS:
+            if fn.__name__ not in applied:
+                fn(db)
+                db["_migrations"].insert({"name": fn.__name__, "applied_at": now_iso()})
+                done.append(fn.__name__)
+            if fn.__name__ == upto:
+                break
+        db.conn.execute("COMMIT")
+    except BaseException:
+        db.rollback()
+        raise
+    return done
+
+
+# --- the store --------------------------------------------------------------------------
+
+
+class Store:
+    """The session log. Safe to share between threads; several processes may write at once."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, migrate_upto: str | None = None):
+        self.path = resolve_db_path(path)
+        self._lock = threading.RLock()
+        self._preflight()
+        self.db = self._connect(migrate_upto)
+        self._messages = self.db.table("messages")
+        self._sessions = self.db.table("sessions")
+        self._runs = self.db.table("batch_runs")
+
+    # -- opening
+
+    def _fail(self, problem: str) -> StoreError:
+        return StoreError(f"{self.path}: {problem}")
+
+    def _preflight(self) -> None:
+        """Refuse a bad file before anything is written to it, so it stays byte-for-byte intact."""
+        p = self.path
+        if not p.exists():
+            return
+        if not p.is_file():
+            raise self._fail("is not a file")
+        try:
+            with open(p, "rb") as f:
+                header = f.read(len(_SQLITE_HEADER))
+        except OSError as e:
+            raise self._fail(f"cannot read the file: {e.strerror}") from e
+        if not header:
+            return  # an empty file is a new database to SQLite too
+        if header != _SQLITE_HEADER:
+            raise self._fail("is not a SQLite database (refusing to touch it)")
+        try:
+            conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+            try:
+                known = {fn.__name__ for fn in MIGRATIONS}
+                applied = applied_migrations(sqlite_utils.Database(conn, execute_plugins=False))
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            raise self._fail(_explain(e)) from e
+        unknown = [name for name in applied if name not in known]
+        if unknown:
+            raise self._fail(
+                f"was written by a newer version of the assistant (unknown migrations: {', '.join(unknown)}); "
+                "upgrade the assistant or use another --db"
+            )
+
+    def _connect(self, migrate_upto: str | None) -> sqlite_utils.Database:
+        p = self.path
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not p.exists():
+                _create_private(p)
+        except FileExistsError:
+            pass  # another process created it between our check and open
+        except OSError as e:
+            raise self._fail(f"cannot create the database: {e.strerror} (read-only location?)") from e
+        conn = None
+        try:
+            conn = sqlite3.connect(p, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            db = sqlite_utils.Database(conn)
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA foreign_keys = ON")
+            # Deleted text is overwritten, not just unlinked: these are health conversations.
+            db.execute("PRAGMA secure_delete = ON")
+            db.enable_wal()
+            if db.journal_mode != "wal":
+                raise self._fail("cannot switch the database to WAL mode (read-only location?)")
+            # In WAL mode NORMAL never corrupts; a power cut may drop the last commits.
+            db.execute("PRAGMA synchronous = NORMAL")
+            known = [fn.__name__ for fn in MIGRATIONS]
+            if set(applied_migrations(db)) != set(known):
+                migrate(db, upto=migrate_upto)
+            return db
+        except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
+            raise self._fail(_explain(e)) from e
+        except StoreError:
+            if conn is not None:
+                conn.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        """Serialize threads and turn any database error into a StoreError naming the file."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.Error as e:
+                raise self._fail(f"{doing} failed: {_explain(e)}") from e
+
+    @contextlib.contextmanager
+    def _write(self, doing: str) -> Iterator[None]:
+        """One atomic write. IMMEDIATE takes the lock up front so busy_timeout applies."""
+        with self._guard(doing):
+            if self.db.conn.in_transaction:  # nested: part of the caller's transaction
+                yield
+                return
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.db.conn.execute("COMMIT")
+            except BaseException:
+                self.db.rollback()
+                raise
+
+    def _resolve(self, session_id: str) -> str:
+        """Accept a full id or a unique prefix of one (friendlier at the command line)."""
+        rows = list(self.db.query("select id from sessions where id = ? or id like ? || '%' limit 3",
+                                  [session_id, session_id.replace("%", "").replace("_", "")]))
+        exact = [r["id"] for r in rows if r["id"] == session_id]
+        if exact:
+            return exact[0]
+        if len(rows) == 1:
+            return rows[0]["id"]
+        if not rows:
+            raise SessionNotFound(f"{self.path}: no session with id {session_id!r}")
+        raise SessionNotFound(f"{self.path}: id prefix {session_id!r} matches several sessions")
+
+    # -- write path
+
+    def new_session(self, mode: str, model: str | None, title: str | None = None) -> str:
+        sid = new_id()
+        now = now_iso()
+        with self._guard("creating a session"):
+            self._sessions.insert(
+                {"id": sid, "title": title, "mode": mode, "model": model, "created": now, "updated": now, "archived": 0}
+            )
+        return sid
+
+    def add_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        *,
+        model: str | None = None,
+        options: dict | None = None,
+        status: str = "complete",
+        meta: dict | None = None,
+        stats: dict | None = None,
+    ) -> int:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
+        now = now_iso()
+        row = {
+            "session_id": session_id,
+            "role": role,
+            "content": content,
+            "created": now,
+            "model": model,
+            "options": _dumps(options),
+            "status": status,
+            "meta": _dumps(meta),
+            **_stats_columns(stats),
+        }
+        with self._write("saving a message"):
+            mid = self._messages.insert(row).last_pk
+            self.db.execute("update sessions set updated = ? where id = ?", [now, session_id])
+        return mid
+
+    def add_batch_item(
+        self,
+        session_id: str,
+        input_text: str,
+        output_text: str,
+        *,
+        model: str | None = None,
+        options: dict | None = None,
+        stats: dict | None = None,
+        status: str = "complete",
+        meta: dict | None = None,
+    ) -> tuple[int, int]:
+        """Log one batch item (input as a user message, output as the reply) in one transaction."""
+        with self._write("saving a batch item"):
+            user_id = self.add_message(session_id, "user", input_text)
+            reply_id = self.add_message(
+                session_id, "assistant", output_text, model=model, options=options, stats=stats, status=status, meta=meta
+            )
+        return user_id, reply_id
+
+    def start_reply(self, session_id: str, model: str | None, options: dict | None = None) -> "ReplyWriter":
+        mid = self.add_message(session_id, "assistant", "", model=model, options=options, status="partial")
+        return ReplyWriter(self, session_id, mid)
+
+    def _update_message(self, message_id: int, **values: Any) -> None:
+        with self._guard("saving the reply"):
+            self._messages.update(message_id, values)
+
+    def start_batch(self, task: str, input_path: str, output_path: str | None, model: str | None) -> tuple[str, int]:
+        title = f"{task}: {Path(input_path).name}"
+        sid = self.new_session("batch", model, title=title)
+        with self._guard("recording a batch run"):
+            run_id = self._runs.insert(
+                {
+                    "session_id": sid,
+                    "task": task,
+                    "input_path": str(input_path),
+                    "output_path": None if output_path is None else str(output_path),
+                    "model": model,
+                    "counts": _dumps({}),
+                    "started": now_iso(),
+                    "status": "running",
+                }
+            ).last_pk
+        return sid, run_id
+
+    def finish_batch(self, run_id: int, counts: dict, status: str = "complete") -> None:
+        with self._guard("finishing a batch run"):
+            self._runs.update(run_id, {"counts": _dumps(counts), "finished": now_iso(), "status": status})
+
+    # -- read side
+
+    def list_sessions(self, limit: int = 20, mode: str | None = None, include_archived: bool = False) -> list[dict]:
+        where, args = [], []
+        if mode:
+            where.append("s.mode = ?")
+            args.append(mode)
+        if not include_archived:
+            where.append("s.archived = 0")
+        sql = f"""
+            select s.*,
+              (select count(*) from messages m where m.session_id = s.id) as message_count,
+              (select substr(m.content, 1, 80) from messages m
+                 where m.session_id = s.id and m.role = 'user' order by m.id limit 1) as preview
+            from sessions s
+            {"where " + " and ".join(where) if where else ""}
+            order by s.updated desc, s.id desc
+            limit ?
+        """
+        with self._guard("listing sessions"):
+            return list(self.db.query(sql, [*args, limit]))
+
+    def get_session(self, session_id: str) -> dict:
+        with self._guard("reading a session"):
+            sid = self._resolve(session_id)
+            session = self._sessions.get(sid)
+            session["messages"] = [_message_out(m) for m in self._messages.rows_where("session_id = ?", [sid], order_by="id")]
+            session["batch_runs"] = [_run_out(r) for r in self._runs.rows_where("session_id = ?", [sid], order_by="id")]
+        return session
+
+    def search(self, query: str, limit: int = 20, mark: tuple[str, str] = ("**", "**")) -> list[dict]:
+        match = fts_query(query)
+        if not match:
+            return []
+        sql = """
+            select m.id, m.session_id, m.role, m.created, m.status, s.title, s.mode,
+              snippet(messages_fts, 0, :open, :close, '…', 12) as snippet,
+              bm25(messages_fts) as rank
+            from messages_fts
+              join messages m on m.id = messages_fts.rowid
+              join sessions s on s.id = m.session_id
+            where messages_fts match :q
+            order by rank
+            limit :limit
+        """
+        with self._guard("searching"):
+            return list(self.db.query(sql, {"q": match, "open": mark[0], "close": mark[1], "limit": limit}))
+
+    def summary(self) -> dict:
+        with self._guard("reading the summary"):
+            row = self.db.execute(
+                "select (select count(*) from sessions), (select count(*) from messages)"
+            ).fetchone()
+        return {"sessions": row[0], "messages": row[1], "size_bytes": self.path.stat().st_size}
+
+    def rename_session(self, session_id: str, title: str) -> None:
+        with self._guard("renaming a session"):
+            self._sessions.update(self._resolve(session_id), {"title": title})
+
+    def archive_session(self, session_id: str, archived: bool = True) -> None:
+        with self._guard("archiving a session"):
+            self._sessions.update(self._resolve(session_id), {"archived": int(archived)})
+
+    # -- deleting
+
+    def _optimize_fts(self) -> None:
+        # FTS5 'delete' only adds tombstones; merging the segments drops the deleted terms.
+        self.db.execute("insert into messages_fts(messages_fts) values('optimize')")
+
+    def delete_session(self, session_id: str) -> None:
+        with self._guard("deleting a session"):
+            sid = self._resolve(session_id)
+        with self._write("deleting a session"):
+            # The AFTER DELETE trigger removes each message from the FTS index.
+            self._messages.delete_where("session_id = ?", [sid])
+            self._runs.delete_where("session_id = ?", [sid])
+            self._sessions.delete_where("id = ?", [sid])
+            self._optimize_fts()
+
+    def delete_before(self, when: datetime) -> dict:
+        """Remove every message created before `when`, and sessions with nothing newer."""
+        cutoff = _iso(when)
+        with self._write("deleting old sessions"):
+            counts = {
+                "messages": self.db.execute("delete from messages where created < ?", [cutoff]).rowcount,
+            }
+            self._runs.delete_where(
+                "started < ? and session_id in (select id from sessions where updated < ?)", [cutoff, cutoff]
+            )
+            gone = self.db.execute(
+                "delete from sessions where updated < ? and id not in (select session_id from messages)"
+                " and id not in (select session_id from batch_runs)",
+                [cutoff],
+            )
+            counts["sessions"] = gone.rowcount
+            self._optimize_fts()
+        return counts
+
+    def vacuum(self) -> None:
+        """Reclaim space and rewrite the file, so deleted text is gone from disk too."""
+        with self._guard("vacuuming"):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.vacuum()
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- export / import / backup
+
+    def _all_ids(self) -> list[str]:
+        return [r["id"] for r in self.db.query("select id from sessions order by created, id")]
+
+    def export(self, ids: Iterable[str] | None = None, fmt: str = "markdown") -> str:
+        """Export the given sessions (all when `ids` is None) as Markdown or JSON."""
+        with self._guard("exporting"):
+            sessions = [self.get_session(i) for i in (self._all_ids() if ids is None else ids)]
+        if fmt == "json":
+            doc = {"format": EXPORT_FORMAT, "version": 1, "exported": now_iso(), "sessions": sessions}
+            return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+        if fmt == "markdown":
+            return "\n\n".join(_session_markdown(s) for s in sessions) + "\n"
+        raise ValueError(f"unknown export format {fmt!r} (markdown or json)")
+
+    def import_json(self, source: str | os.PathLike | dict) -> dict:
+        """Import a JSON export. Sessions already present (same id) are skipped; message ids are renumbered."""
+        if isinstance(source, dict):
+            doc = source
+        else:
+            try:
+                doc = json.loads(Path(source).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise StoreError(f"{source}: cannot read the export: {e}") from e
+        if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("sessions"), list):
+            raise StoreError(f"{source if not isinstance(source, dict) else 'import'}: not a health-assistant logs export")
+        counts = {"sessions": 0, "messages": 0, "skipped": 0}
+        session_cols = ("id", "title", "mode", "model", "created", "updated", "archived")
+        try:
+            with self._write("importing"):
+                for s in doc["sessions"]:
+                    if self.db.execute("select 1 from sessions where id = ?", [s["id"]]).fetchone():
+                        counts["skipped"] += 1
+                        continue
+                    self._sessions.insert({k: s.get(k) for k in session_cols} | {"archived": int(s.get("archived") or 0)})
+                    rows = [_message_in(s["id"], m) for m in s.get("messages", [])]
+                    self._messages.insert_all(rows)
+                    self._runs.insert_all(_run_in(s["id"], r) for r in s.get("batch_runs", []))
+                    counts["sessions"] += 1
+                    counts["messages"] += len(rows)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise StoreError(f"{source if not isinstance(source, dict) else 'import'}: malformed export ({e!r})") from e
+        return counts
+
+    def backup(self, dest: str | os.PathLike) -> Path:
+        """A consistent copy while other processes keep writing (SQLite's online backup API)."""
+        dest = Path(dest).expanduser()
+        if dest.exists() and dest.resolve() == self.path.resolve():
+            raise StoreError(f"{dest}: the backup cannot overwrite the database itself")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists():
+                _create_private(dest)
+        except OSError as e:
+            raise StoreError(f"{dest}: cannot create the backup: {e.strerror}") from e
+        with self._lock:
+            try:
+                target = sqlite3.connect(dest)
+                try:
+                    self.db.conn.backup(target)
+                finally:
+                    target.close()
+            except sqlite3.Error as e:
+                raise StoreError(f"{dest}: backup failed: {_explain(e)}") from e
+        return dest
+
+
+class ReplyWriter:
+    """Streams an assistant reply into its row, so a crash loses at most the last ~0.5 s.
+
+    The row exists (status "partial") from the moment the writer is created.
+    """
+
+    def __init__(self, store: Store, session_id: str, message_id: int, clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.session_id = session_id
+        self.message_id = message_id
+        self._clock = clock
+        self._parts: list[str] = []
+        self._last_flush = clock()
+        self._dirty = False
+        self.closed = False
+        self.flushes = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def append(self, piece: str) -> None:
+        self._parts.append(piece)
+        self._dirty = True
+        if self._clock() - self._last_flush >= FLUSH_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._dirty:
+            text = self.text
+            self._parts = [text]
+            self.store._update_message(self.message_id, content=text)
+            self.flushes += 1
+            self._dirty = False
+        self._last_flush = self._clock()
+
+    def finish(self, stats: dict | None = None, status: str = "complete", meta: dict | None = None) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
+        meta = dict(meta or {})
+        if stats and stats.get("finish_reason"):
+            meta.setdefault("finish_reason", stats["finish_reason"])
+        self.store._update_message(
+            self.message_id, content=self.text, status=status, meta=_dumps(meta or None), **_stats_columns(stats)
+        )
+        self._dirty = False
+        self.closed = True
+
+    def cancel(self, stats: dict | None = None) -> None:
+        self.finish(stats, status="cancelled")
+
+    def fail(self, error: str, stats: dict | None = None) -> None:
+        self.finish(stats, status="error", meta={"error": str(error)})
+
+    def __enter__(self) -> "ReplyWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.closed:
+            return
+        if exc_type is None:
+            self.finish()
+        elif issubclass(exc_type, (KeyboardInterrupt, GeneratorExit)):
+            self.cancel()
+        else:
+            self.fail(f"{exc_type.__name__}: {exc}")
+
+
+# --- row conversions --------------------------------------------------------------------
+
+
+def _stats_columns(stats: dict | None) -> dict:
+    if not stats:
+        return {}
+    return {
+        "prompt_tokens": stats.get("prompt_tokens"),
+        "completion_tokens": stats.get("completion_tokens"),
+        "ttft_s": stats.get("ttft_s"),
+        "duration_s": stats.get("total_s"),
+    }
+
+
+def _message_out(row: dict) -> dict:
+    return row | {"options": _loads(row["options"]), "meta": _loads(row["meta"])}
+
+
+def _run_out(row: dict) -> dict:
+    return row | {"counts": _loads(row["counts"])}
+
+
+def _message_in(session_id: str, m: dict) -> dict:
+    cols = ("role", "content", "created", "model", "prompt_tokens", "completion_tokens", "ttft_s", "duration_s", "status")
+    return {k: m.get(k) for k in cols} | {
+        "session_id": session_id,
+        "content": m.get("content") or "",
+        "status": m.get("status") or "complete",
+        "options": _dumps(m.get("options")),
+        "meta": _dumps(m.get("meta")),
+    }
+
+
+def _run_in(session_id: str, r: dict) -> dict:
+    cols = ("task", "input_path", "output_path", "model", "started", "finished", "status")
+    return {k: r.get(k) for k in cols} | {"session_id": session_id, "counts": _dumps(r.get("counts"))}
+
+
+def _session_markdown(s: dict) -> str:
+    lines = [f"# {s['title'] or 'Untitled session'}", ""]
+    lines.append(f"- id: `{s['id']}`")
+    lines.append(f"- mode: {s['mode']}, model: {s['model'] or '-'}")
+    lines.append(f"- created: {s['created']}, updated: {s['updated']}")
+    if s["archived"]:
+        lines.append("- archived")
+    for r in s.get("batch_runs", []):
+        lines.append(
+            f"- batch run {r['id']}: task {r['task']}, {r['input_path']} -> {r['output_path'] or '-'}, "
+            f"status {r['status']}, counts {json.dumps(r['counts'])}"
+        )
+    for m in s["messages"]:
+        head = f"## {m['role']} · {m['created']}"
+        if m["model"]:
+            head += f" · {m['model']}"
+        if m["status"] != "complete":
+            head += f" · **{m['status']}**"
+        lines += ["", head, "", m["content"] or "_(empty)_"]
+        if m["status"] == "error" and m["meta"] and m["meta"].get("error"):
+            lines += ["", f"> error: {m['meta']['error']}"]
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""Score the triage layer on a labelled JSONL set; prints JSON and a Markdown table.
+
+    python -m finetune.eval_triage                       # design set + holdout
+    python -m finetune.eval_triage --set tests/triage_set.jsonl --errors
+
+Recall per urgent class (emergency, crisis), and the false-alarm rate: the share
+of routine ("none") messages that got any urgent level. tests/triage_set.jsonl is
+both the design set (the rules were written against it) and the test, so its
+figures are optimistic; tests/triage_holdout.jsonl was written before the rules
+and never used to tune them, so it is the honest estimate (small, though).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from assistant.safety import triage
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SETS = [ROOT / "tests" / "triage_set.jsonl", ROOT / "tests" / "triage_holdout.jsonl"]
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def evaluate(rows: list[dict]) -> dict:
+    triage("warm up")  # first call loads and compiles the rules
+    counts = {lvl: [0, 0] for lvl in ("emergency", "crisis")}  # [hit, total]
+    routine, false_alarms, errors = 0, 0, []
+    t0 = time.perf_counter()
+    preds = [triage(r["text"]).level for r in rows]
+    ms = (time.perf_counter() - t0) * 1000 / max(len(rows), 1)
+    for row, pred in zip(rows, preds):
+        gold = row["label"]
+        if gold in counts:
+            counts[gold][1] += 1
+            counts[gold][0] += pred == gold
+        else:
+            routine += 1
+            false_alarms += pred != "none"
+        if pred != gold:
+            errors.append({"text": row["text"], "gold": gold, "pred": pred})
+    out = {"n": len(rows)}
+    for lvl, (hit, total) in counts.items():
+        out[f"{lvl}_recall"] = round(hit / total, 4) if total else None
+        out[f"{lvl}_n"] = total
+    out["routine_n"] = routine
+    out["false_alarm_rate"] = round(false_alarms / routine, 4) if routine else None
+    out["ms_per_message"] = round(ms, 4)
+    out["errors"] = errors
+    return out
+
+
+def markdown(results: dict[str, dict]) -> str:
+    lines = [
+        "| set | n | emergency recall | crisis recall | false alarms (routine) | ms/msg |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in results.items():
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f} %"
+        lines.append(
+            f"| {name} | {r['n']} | {pct(r['emergency_recall'])} ({r['emergency_n']}) | "
+            f"{pct(r['crisis_recall'])} ({r['crisis_n']}) | {pct(r['false_alarm_rate'])} ({r['routine_n']}) | "
+            f"{r['ms_per_message']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", dest="sets", action="append", type=Path, help="JSONL file(s); default: design + holdout")
+    ap.add_argument("--errors", action="store_true", help="include misclassified messages in the JSON")
+    args = ap.parse_args(argv)
+    results = {}
+    for path in args.sets or DEFAULT_SETS:
+        r = evaluate(load(path))
+        if not args.errors:
+            r.pop("errors")
+        results[path.stem] = r
+    print(json.dumps(results, indent=2))
+    print()
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

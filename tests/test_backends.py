@@ -1,0 +1,127 @@
+"""Both backends behind one interface: streaming, limits, stop strings,
+cancellation and the figures they report."""
+from __future__ import annotations
+
+import pytest
+
+from assistant.backends import BackendError, CancelToken, GenerationOptions, load_backend
+from assistant.backends.streamtext import StopMatcher, Utf8Decoder
+from assistant.models import resolve
+
+QUESTION = [{"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": "Explain what a fever is."}]
+
+
+@pytest.fixture(scope="module")
+def llama_backend():
+    be = load_backend("smollm2-135m-instruct")
+    yield be
+    be.close()
+
+
+@pytest.fixture(scope="module")
+def hf_backend(tiny_llama_dir):
+    return load_backend(str(tiny_llama_dir))
+
+
+@pytest.fixture(params=["llama.cpp", "transformers"])
+def backend(request, llama_backend, hf_backend):
+    return llama_backend if request.param == "llama.cpp" else hf_backend
+
+
+def test_default_backend_choice(llama_backend, hf_backend):
+    assert llama_backend.name == "llama.cpp"
+    assert hf_backend.name == "transformers"
+
+
+def test_stream_yields_pieces_and_reports_figures(backend):
+    pieces = list(backend.stream(QUESTION, GenerationOptions(max_tokens=12)))
+    stats = backend.last_stats
+    assert len(pieces) >= 2
+    assert stats.completion_tokens <= 12
+    assert stats.prompt_tokens == backend.prompt_tokens(QUESTION) > 10
+    assert stats.ttft_s is not None and 0 < stats.ttft_s <= stats.total_s
+    assert stats.finish_reason in ("length", "stop")
+
+
+def test_max_tokens_is_honoured(backend):
+    # The random tiny model never says end-of-turn in 5 tokens; the real one is
+    # asked for a long explanation, so both must stop on the limit.
+    list(backend.stream(QUESTION, GenerationOptions(max_tokens=5)))
+    assert backend.last_stats.completion_tokens == 5
+    assert backend.last_stats.finish_reason == "length"
+
+
+def test_greedy_is_deterministic(backend):
+    opts = GenerationOptions(max_tokens=10)
+    assert backend.generate(QUESTION, opts) == backend.generate(QUESTION, opts)
+
+
+def test_stop_string_cuts_output(backend):
+    full = backend.generate(QUESTION, GenerationOptions(max_tokens=24))
+    at = len(full) // 2
+    word = full[at:at + 3]
+    assert len(word) == 3
+    cut = backend.generate(QUESTION, GenerationOptions(max_tokens=24, stop=[word]))
+    assert cut == full[:full.index(word)]
+    assert backend.last_stats.finish_reason == "stop"
+
+
+def test_cancel_mid_stream(backend):
+    token = CancelToken()
+    pieces = []
+    for piece in backend.stream(QUESTION, GenerationOptions(max_tokens=40), token):
+        pieces.append(piece)
+        if len(pieces) == 3:
+            token.cancel()
+    assert backend.last_stats.finish_reason == "cancelled"
+    assert backend.last_stats.completion_tokens < 40
+    assert len(pieces) <= 4
+
+
+def test_closing_the_stream_early_counts_as_cancelled(backend):
+    stream = backend.stream(QUESTION, GenerationOptions(max_tokens=40))
+    next(stream)
+    stream.close()
+    assert backend.last_stats.finish_reason == "cancelled"
+
+
+def test_prompt_longer_than_context_is_an_error(hf_backend):
+    long = [{"role": "user", "content": "word " * 400}]  # tiny model: 256-token context
+    with pytest.raises(BackendError, match="does not fit"):
+        list(hf_backend.stream(long))
+
+
+def test_chat_template_is_applied(llama_backend):
+    prompt, stops = llama_backend.render_prompt(QUESTION)
+    assert prompt.startswith("<|im_start|>system\nYou are helpful.<|im_end|>")
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_llama_backend_refuses_adapter(tmp_path, embedded_gguf):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    from assistant.backends.llamacpp import LlamaCppBackend
+
+    with pytest.raises(BackendError, match="adapter"):
+        LlamaCppBackend(resolve(str(embedded_gguf), adapter=tmp_path))
+
+
+def test_unknown_backend_name():
+    with pytest.raises(BackendError, match="unknown backend"):
+        load_backend("smollm2-135m-instruct", backend="vllm")
+
+
+def test_stop_matcher_holds_back_possible_prefix():
+    m = StopMatcher(["###"])
+    assert m.feed("hello #") == "hello "
+    assert m.feed("#") == ""
+    assert m.feed(" not a stop") == "## not a stop"
+    assert m.feed(" end ###tail") == " end "
+    assert m.stopped and m.feed("more") == ""
+
+
+def test_utf8_decoder_joins_split_characters():
+    d = Utf8Decoder()
+    data = "fièvre 🌡".encode()
+    out = "".join(d.feed(data[i:i + 1]) for i in range(len(data))) + d.flush()
+    assert out == "fièvre 🌡"

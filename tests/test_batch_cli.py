@@ -1,0 +1,175 @@
+"""Batch `ask` and `summarize`: inputs in three formats, every bad-input case
+reported with file and line while the good records still go through, and
+resumable outputs that are never clobbered."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from assistant import cli as cli_module
+from assistant.cli import cli
+from conftest import WordBackend
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    backend = WordBackend(reply=lambda msgs: "summary of " + msgs[-1]["content"].split()[-1])
+    monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: backend)
+    return backend
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [*map(str, args), "--no-log"], catch_exceptions=False)
+    return result
+
+
+def lines(path):
+    return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+def write_jsonl(path, rows):
+    path.write_bytes(b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows))
+    return path
+
+
+def test_summarize_jsonl_writes_expected_keys(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "a", "dialogue": "Doctor: hi.\nPatient: cough.", "section": "CC"},
+        {"id": "b", "dialogue": "Doctor: hi.\nPatient: rash."},
+    ])
+    out = tmp_path / "out.jsonl"
+    result = run("summarize", src, "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = lines(out)
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert set(rows[0]) == {"id", "summary", "model", "prompt_tokens", "completion_tokens", "seconds"}
+    assert rows[0]["summary"] == "summary of cough." and rows[0]["model"] == "fake-model"
+    assert "'Chief Complaint' section" in fake.prompts[0][1]["content"]
+
+
+def test_every_bad_record_is_named_and_the_rest_processed(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "ok1", "dialogue": "Doctor: one."},
+        b'{"id": "broken", "dialogue": ',
+        {"id": "nofield"},
+        {"dialogue": "Doctor: no id."},
+        {"id": "empty", "dialogue": "   "},
+        b'{"id": "latin1", "dialogue": "caf\xe9"}',
+        {"id": "ok2", "dialogue": "Doctor: two."},
+    ])
+    out = tmp_path / "out.jsonl"
+    result = run("summarize", src, tmp_path / "missing.txt", "-o", out)
+    assert result.exit_code == 1
+    assert [r["id"] for r in lines(out)] == ["ok1", "ok2"]
+    err = result.output
+    assert f"{src}:2: malformed JSON" in err
+    assert f"{src}:3: missing field 'dialogue'" in err
+    assert f"{src}:4: missing field 'id'" in err
+    assert f"{src}:5: empty 'dialogue'" in err
+    assert f"{src}:6: not valid UTF-8" in err
+    assert f"{tmp_path / 'missing.txt'}: file not found" in err
+    assert "6 record(s) failed" in err
+
+
+def test_txt_files_one_transcript_each(tmp_path, fake):
+    (tmp_path / "visit1.txt").write_text("Doctor: hello.\nPatient: headache.")
+    (tmp_path / "visit2.txt").write_bytes(b"Doctor: ok.\nPatient: caf\xff\n")
+    (tmp_path / "empty.txt").write_text("\n")
+    out = tmp_path / "notes.md"
+    result = run("summarize", tmp_path / "visit1.txt", tmp_path / "visit2.txt", tmp_path / "empty.txt", "-o", out)
+    assert result.exit_code == 1
+    text = out.read_text()
+    assert "## visit1" in text and "summary of headache." in text and "visit2" not in text
+    assert f"{tmp_path / 'visit2.txt'}:2: not valid UTF-8" in result.output
+    assert f"{tmp_path / 'empty.txt'}: empty transcript" in result.output
+
+
+def test_csv_columns_and_multiline_rows(tmp_path, fake):
+    src = tmp_path / "visits.csv"
+    src.write_text('ID,section_header,dialogue\n1,PLAN,"Doctor: line one.\nPatient: plan."\n2,CC,\n3,CC,"Doctor: x.\nPatient: fever."\n')
+    out = tmp_path / "out.jsonl"
+    result = run("summarize", src, "-o", out)
+    assert result.exit_code == 1
+    assert [r["id"] for r in lines(out)] == ["1", "3"]
+    assert f"{src}:4: empty 'dialogue'" in result.output  # row 2 starts on line 4 (row 1 spans two)
+    assert "'Plan' section" in fake.prompts[0][1]["content"]
+
+
+def test_wrong_csv_column_is_named(tmp_path, fake):
+    src = tmp_path / "visits.csv"
+    src.write_text("key,body\n1,Doctor: hi.\n")
+    result = run("summarize", src, "--text-column", "transcript", "--id-column", "key", "-o", tmp_path / "o.jsonl")
+    assert result.exit_code == 1
+    assert f"{src}:1: column 'transcript' not found; columns are: key, body" in result.output
+
+
+def test_resume_skips_written_ids_and_repairs_a_cut_line(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "dialogue": f"Doctor: item{i}."} for i in range(4)])
+    out = tmp_path / "out.jsonl"
+    assert run("summarize", src, "-o", out).exit_code == 0
+    rows = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(rows[:2]) + rows[2][:15])  # a crash cut the third line
+    fake.prompts.clear()
+    result = run("summarize", src, "-o", out)
+    assert result.exit_code == 0
+    assert "resuming: 2 already" in result.output
+    assert len(fake.prompts) == 2
+    assert [r["id"] for r in lines(out)] == ["0", "1", "2", "3"]
+
+
+def test_output_of_another_run_is_not_overwritten(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}])
+    out = tmp_path / "out.jsonl"
+    out.write_text("precious\n")
+    result = run("summarize", src, "-o", out)
+    assert result.exit_code == 1 and "exists and it has no run record" in result.output
+    assert out.read_text() == "precious\n"
+    assert run("summarize", src, "-o", out, "--overwrite").exit_code == 0
+    assert lines(out)[0]["id"] == "1"
+    # the same output with a different section is a different run
+    result = run("summarize", src, "-o", out, "--section", "PLAN")
+    assert result.exit_code == 1 and "different run" in result.output and "section" in result.output
+
+
+def test_duplicate_ids_are_reported(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}, {"id": "1", "dialogue": "Doctor: b."}])
+    result = run("summarize", src, "-o", tmp_path / "o.jsonl")
+    assert result.exit_code == 1 and f"{src}:2: duplicate id '1'" in result.output
+
+
+def test_generation_failure_is_reported_per_record(tmp_path, monkeypatch):
+    backend = WordBackend(reply="one two three", fail_after=1)
+    monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: backend)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "q1", "question": "What is flu?"}])
+    result = run("ask", "--input", src, "--output", tmp_path / "o.jsonl")
+    assert result.exit_code == 1 and f"{src}:1: the fake model failed" in result.output
+
+
+def test_ask_batch_keys(tmp_path, fake):
+    src = write_jsonl(tmp_path / "q.jsonl", [{"id": 7, "question": "What is asthma?"}, {"id": 8}])
+    out = tmp_path / "a.jsonl"
+    result = run("ask", "--input", src, "--output", out)
+    assert result.exit_code == 1 and f"{src}:2: missing field 'question'" in result.output
+    row = lines(out)[0]
+    assert {"id", "question", "answer", "model", "prompt_tokens", "completion_tokens", "seconds"} <= set(row)
+    assert row["id"] == "7" and row["question"] == "What is asthma?"
+
+
+def test_ask_streams_single_answer(fake):
+    result = run("ask", "What is asthma?")
+    assert result.exit_code == 0
+    assert "summary of asthma?" in result.output
+
+
+def test_single_transcript_printed_without_output(tmp_path, fake):
+    (tmp_path / "v.txt").write_text("Doctor: hi.\nPatient: knee pain.")
+    result = run("summarize", tmp_path / "v.txt")
+    assert result.exit_code == 0 and "summary of pain." in result.output
+
+
+def test_unknown_model_is_one_clear_line(tmp_path):
+    result = CliRunner().invoke(cli, ["ask", "hi", "--model", "nope", "--no-log"])
+    assert result.exit_code == 1
+    assert "error: unknown model 'nope'" in result.output and "Traceback" not in result.output

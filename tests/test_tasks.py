@@ -1,0 +1,90 @@
+"""The task layer: prompts from files, chunked summarization without
+truncation, conversation trimming."""
+from __future__ import annotations
+
+import pytest
+
+from assistant import prompts
+from assistant.tasks import TaskError, answer, split_to_fit, summarize, summary_messages
+from conftest import WordBackend
+
+
+def transcript(turns: int) -> str:
+    return "\n".join(f"{'Doctor' if i % 2 == 0 else 'Patient'}: turn{i} about symptom{i} today."
+                     for i in range(turns))
+
+
+def test_summary_prompt_comes_from_the_template_file():
+    msgs = summary_messages("Doctor: Hi.\nPatient: Hello.", "GENHX")
+    assert msgs[0]["content"] == prompts.template("system")
+    assert "'History of Present Illness' section" in msgs[1]["content"]
+    assert msgs[1]["content"].endswith("Doctor: Hi.\nPatient: Hello.")
+
+
+def test_short_transcript_is_one_call(word_backend):
+    result = summarize(word_backend, transcript(6), "PLAN")
+    assert result.parts == 1
+    assert len(word_backend.prompts) == 1
+    assert result.text == "a short reply from the fake model"
+    assert result.stats.completion_tokens == 7
+
+
+def test_long_transcript_is_chunked_and_merged_without_losing_a_turn():
+    be = WordBackend(reply=lambda msgs: "partial summary", context_length=400)
+    text = transcript(120)  # ~840 words: needs several parts
+    result = summarize(be, text, "GENHX")
+    part_prompts = [m[1]["content"] for m in be.prompts if "This is part" in m[1]["content"]]
+    merge_prompts = [m[1]["content"] for m in be.prompts if "Combine them" in m[1]["content"]]
+    assert len(part_prompts) >= 3 and merge_prompts
+    for line in text.splitlines():  # every turn reached the model, none cut
+        assert sum(line in p for p in part_prompts) == 1
+    for p in be.prompts:
+        assert be.prompt_tokens(p) + 256 <= be.context_length
+    assert result.parts == len(be.prompts)
+    assert result.stats.completion_tokens == 2 * len(be.prompts)
+
+
+def test_merge_recurses_when_partial_summaries_do_not_fit_one_prompt():
+    be = WordBackend(reply=lambda msgs: " ".join(["fact"] * 40), context_length=420)
+    result = summarize(be, transcript(300), "GENHX")
+    merges = [m for m in be.prompts if "Combine them" in m[1]["content"]]
+    assert len(merges) >= 2  # groups merged first, then the merged results
+    assert result.text.startswith("fact")
+
+
+def test_single_huge_turn_is_split_at_sentences():
+    be = WordBackend(context_length=300)
+    turn = "Patient: " + " ".join(f"Sentence number {i} is here." for i in range(80))
+    pieces = split_to_fit(turn, 40, be.count_tokens)
+    assert all(be.count_tokens(p) <= 40 for p in pieces)
+    assert " ".join(pieces).split() == turn.split()
+
+
+def test_empty_transcript_is_an_error(word_backend):
+    with pytest.raises(TaskError, match="empty"):
+        summarize(word_backend, "  \n ")
+
+
+def test_answer_keeps_history_and_trims_oldest_turns():
+    be = WordBackend(context_length=300)
+    history = []
+    for i in range(20):
+        history += [{"role": "user", "content": f"question {i} " + "x " * 10},
+                    {"role": "assistant", "content": f"answer {i} " + "y " * 10}]
+    answer(be, "latest question?", history)
+    sent = be.prompts[-1]
+    assert sent[-1]["content"] == "latest question?"
+    assert sent[0]["role"] == "system"
+    assert "question 19" in sent[-3]["content"]
+    assert not any("question 0 " in m["content"] for m in sent)
+
+
+def test_answer_streams_through_callback(word_backend):
+    seen = []
+    result = answer(word_backend, "What is a fever?", on_text=seen.append)
+    assert "".join(seen) == result.text
+
+
+def test_empty_question_is_an_error(word_backend):
+    with pytest.raises(TaskError):
+        answer(word_backend, "   ")
