@@ -14,7 +14,9 @@ from rich.console import Console
 from . import models as model_registry
 from .backends import BACKENDS, BackendError, CancelToken, GenerationOptions, load_backend
 from .batch_io import OutputError, OutputWriter, Record, RecordError, read_records, run_identity
+from .cli_logs import logs
 from .models import ModelError
+from .store import Store, StoreError, open_store
 from .tasks import ANSWER_MAX_TOKENS, SUMMARY_MAX_TOKENS, TaskError, answer, summarize
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -55,7 +57,7 @@ def user_errors():
     """Turn the errors a user can cause into one clear line instead of a traceback."""
     try:
         yield
-    except (ModelError, BackendError, TaskError, OutputError) as exc:
+    except (ModelError, BackendError, TaskError, OutputError, StoreError) as exc:
         fail(str(exc))
 
 
@@ -83,6 +85,44 @@ def sigint_cancels(token: CancelToken):
         signal.signal(signal.SIGINT, previous)
 
 
+def open_log(db: Path | None, no_log: bool) -> Store | None:
+    """The session log for this run, or None when logging is off (flag or `assistant logs off`)."""
+    if no_log:
+        return None
+    with user_errors():
+        return open_store(db)
+
+
+def logged_answer(store: Store | None, session_id: str | None, be, question: str, history, opts,
+                  token: CancelToken):
+    """Answer with streaming to stdout; the question is stored before generation
+    starts and the reply is stored while it streams."""
+    if store is None:
+        with sigint_cancels(token), user_errors():
+            return answer(be, question, history, opts, on_text=_echo, cancel=token)
+    with user_errors():
+        store.add_message(session_id, "user", question)
+        writer = store.start_reply(session_id, be.model_name, opts.to_dict())
+
+    def on_text(piece: str) -> None:
+        _echo(piece)
+        writer.append(piece)
+
+    try:
+        with sigint_cancels(token), user_errors():
+            result = answer(be, question, history, opts, on_text=on_text, cancel=token)
+    except SystemExit:
+        writer.fail("generation failed")
+        raise
+    with user_errors():
+        stats = result.stats.to_dict()
+        if result.cancelled:
+            writer.cancel(stats)
+        else:
+            writer.finish(stats)
+    return result
+
+
 @click.group(invoke_without_command=True)
 @click.version_option(package_name="health-assistant")
 @click.pass_context
@@ -99,9 +139,11 @@ def cli(ctx):
 @log_options
 def chat(model, adapter, backend, max_tokens, temperature, seed, no_log, db):
     """Chat in the terminal (plain line mode)."""
+    store = open_log(db, no_log)
     be = open_backend(model, adapter, backend)
     opts = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
     history: list[dict] = []
+    session_id = None
     err.print(f"[dim]{be.model_name} via {be.name}. Ctrl-C stops a reply, Ctrl-D quits.[/]")
     while True:
         try:
@@ -109,12 +151,18 @@ def chat(model, adapter, backend, max_tokens, temperature, seed, no_log, db):
         except (EOFError, click.Abort):
             err.print()
             return
-        token = CancelToken()
-        with sigint_cancels(token), user_errors():
-            result = answer(be, question, history, opts, on_text=_echo, cancel=token)
+        if store is not None and session_id is None:
+            with user_errors():
+                session_id = store.new_session("chat", be.model_name, title=_title(question))
+        result = logged_answer(store, session_id, be, question, history, opts, CancelToken())
         click.echo()
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": result.text}]
         _print_stats(result.stats)
+
+
+def _title(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= 60 else line[:59] + "…"
 
 
 def _echo(piece: str) -> None:
@@ -149,15 +197,20 @@ def ask(question, input_path, output_path, overwrite, model, adapter, backend,
         if output_path is None:
             fail("--input needs --output")
         sys.exit(_run_batch("ask", [input_path], output_path, overwrite, model, adapter, backend, opts,
-                            {}))
+                            {}, store=open_log(db, no_log)))
     if not question:
         if sys.stdin.isatty():
             fail("no question given (assistant ask \"QUESTION\", or pipe one on stdin)")
         question = sys.stdin.read()
+    if not question.strip():
+        fail("the question is empty")
+    store = open_log(db, no_log)
     be = open_backend(model, adapter, backend)
-    token = CancelToken()
-    with sigint_cancels(token), user_errors():
-        result = answer(be, question, options=opts, on_text=_echo, cancel=token)
+    session_id = None
+    if store is not None:
+        with user_errors():
+            session_id = store.new_session("chat", be.model_name, title=_title(question))
+    result = logged_answer(store, session_id, be, question, (), opts, CancelToken())
     click.echo()
     _print_stats(result.stats)
 
@@ -192,19 +245,28 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
                 sys.exit(1)
         if len(good) != 1:
             fail(f"{len(good)} transcripts found; give --output to summarize a batch")
+        store = open_log(db, no_log)
         be = open_backend(model, adapter, backend)
         token = CancelToken()
         with sigint_cancels(token), user_errors():
             result = summarize(be, good[0].text, good[0].section or section, opts, on_text=_echo, cancel=token)
         click.echo()
+        if store is not None:
+            with user_errors():
+                sid, run_id = store.start_batch("summarize", str(good[0].source), None, be.model_name)
+                store.add_batch_item(sid, good[0].text, result.text, model=be.model_name, options=opts.to_dict(),
+                                     stats=result.stats.to_dict(),
+                                     status="cancelled" if result.cancelled else "complete",
+                                     meta={"id": good[0].id, "section": good[0].section or section})
+                store.finish_batch(run_id, {"done": 1}, "cancelled" if result.cancelled else "complete")
         _print_stats(result.stats)
         sys.exit(1 if errors else 0)
     sys.exit(_run_batch("summarize", list(inputs), output_path, overwrite, model, adapter, backend, opts,
-                        columns, section=section))
+                        columns, section=section, store=open_log(db, no_log)))
 
 
 def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, opts, columns,
-               section=None) -> int:
+               section=None, store: Store | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     records: list[Record] = []
@@ -228,8 +290,12 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
     if skipped:
         err.print(f"[dim]resuming: {skipped} already in {output_path}[/]")
     done = 0
+    run = None
     if todo:
         be = open_backend(model, adapter, backend)
+        if store is not None:  # a batch run is one session
+            with user_errors():
+                run = store.start_batch(task, ", ".join(map(str, inputs)), str(output_path), be.model_name)
         token = CancelToken()
         columns_ = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
@@ -247,6 +313,10 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
                         out = {"id": r.id, "question": r.text, "answer": result.text}
                 except (TaskError, BackendError) as exc:
                     errors.append(RecordError(r.source, str(exc)))
+                    if run is not None:
+                        with user_errors():
+                            store.add_batch_item(run[0], r.text, "", model=be.model_name, status="error",
+                                                 meta={"id": r.id, "error": str(exc)})
                     progress.advance(bar)
                     continue
                 if result.cancelled:
@@ -255,11 +325,21 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
                            completion_tokens=result.stats.completion_tokens,
                            seconds=round(result.stats.total_s, 3))
                 writer.write(out)
+                if run is not None:
+                    with user_errors():
+                        store.add_batch_item(run[0], r.text, result.text, model=result.model,
+                                             options=opts.to_dict(), stats=result.stats.to_dict(),
+                                             meta={"id": r.id, "section": r.section or section})
                 done += 1
                 progress.advance(bar)
         be.close()
     writer.close()
     remaining = len(todo) - done
+    if run is not None:
+        with user_errors():
+            store.finish_batch(run[1], {"done": done, "skipped": skipped, "failed": len(errors),
+                                        "remaining": remaining},
+                               "complete" if not remaining and not errors else "incomplete")
     err.print(f"{done} written to {output_path}" + (f", {skipped} already there" if skipped else "")
               + (f", {remaining} left (run again to resume)" if remaining and not errors else ""))
     if errors:
@@ -318,18 +398,32 @@ def _params(n):
 
 
 @cli.command()
+@click.argument("what", type=click.Choice(["runtime", "logging"]), default="runtime")
 @click.option("--model", "-m", default=None)
-@click.option("--tokens", type=click.IntRange(8), default=128, show_default=True, help="New tokens per prompt.")
+@click.option("--tokens", type=click.IntRange(8), default=128, show_default=True, help="New tokens per reply.")
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--skip-transformers", is_flag=True, help="Leave out the (slow) transformers path.")
-def bench(model, tokens, repeats, skip_transformers):
-    """Decode speed and time to first token of the runtime vs raw llama-cpp-python vs transformers."""
-    from .bench import run_bench
+def bench(what, model, tokens, repeats, skip_transformers):
+    """Benchmarks that print ratios measured in one run.
 
+    runtime: decode speed and time to first token of the runtime vs raw
+    llama-cpp-python vs transformers. logging: the cost of logging a streamed
+    reply relative to not logging it."""
     with user_errors():
-        result = run_bench(model, tokens, repeats, include_transformers=not skip_transformers,
-                           log=lambda m: err.print(f"[dim]{m}[/]"))
+        if what == "runtime":
+            from .bench import run_bench
+
+            result = run_bench(model, tokens, repeats, include_transformers=not skip_transformers,
+                               log=lambda m: err.print(f"[dim]{m}[/]"))
+        else:
+            from . import bench_logging
+
+            be = open_backend(model, None, None)
+            result = bench_logging.run(n_tokens=tokens, repeats=repeats, backend=be)
     click.echo(json.dumps(result, indent=2))
+
+
+cli.add_command(logs)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ Register on the main group with ``cli.add_command(logs)``. Every command takes
 """
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -64,7 +65,7 @@ def _console() -> Console:
 
 @click.group(cls=_LogsGroup)
 def logs():
-    """Browse and manage the local log of sessions."""
+    """Browse and manage the local log of sessions (no subcommand: list)."""
 
 
 @logs.command("list")
@@ -163,7 +164,10 @@ def export(db_path, session_ids, all_, fmt, output):
         click.echo(text, nl=False)
         return
     try:
-        output.write_text(text, encoding="utf-8")
+        # Exports hold health conversations: readable by the owner only, like the database.
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
     except OSError as e:
         raise StoreError(f"{output}: cannot write the export: {e.strerror}") from e
     click.echo(f"Wrote {output}")

@@ -8,13 +8,15 @@ Public API::
     Store(path=None)                                  # raises StoreError on any bad file
     store.new_session(mode, model, title=None) -> str          # mode: chat | kiosk | batch
     store.add_message(session_id, role, content, *, model=None, options=None,
-                      status="complete", meta=None) -> int     # committed at once
+                      status="complete", meta=None, stats=None) -> int   # committed at once
     store.start_reply(session_id, model, options=None) -> ReplyWriter
         writer.append(piece)        # flushed to disk at most every FLUSH_INTERVAL_S
         writer.finish(stats=None, status="complete", meta=None)
         writer.cancel(stats=None)   # status "cancelled", partial text kept
         writer.fail(error, stats=None)  # status "error", error in meta["error"]
     store.start_batch(task, input_path, output_path, model) -> (session_id, run_id)
+    store.add_batch_item(session_id, input_text, output_text, *, model=None, options=None,
+                         stats=None, status="complete", meta=None) -> (user_id, reply_id)
     store.finish_batch(run_id, counts, status="complete")
     store.list_sessions(limit=20, mode=None, include_archived=False) -> list[dict]
     store.get_session(id) -> dict (with "messages" and "batch_runs")
@@ -118,9 +120,21 @@ def open_store(path: str | os.PathLike | None = None) -> "Store | None":
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
+_last_id = [0]
+_id_lock = threading.Lock()
+
+
 def new_id() -> str:
-    """A ULID: 48 bits of milliseconds then 80 random bits, so ids sort by creation time."""
-    n = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    """A ULID: 48 bits of milliseconds then 80 random bits, so ids sort by creation time.
+
+    Within one millisecond the previous id plus one is used (ULID's monotonic mode),
+    so ids made by one process keep their order.
+    """
+    with _id_lock:
+        n = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+        if n >> 80 == _last_id[0] >> 80 and n <= _last_id[0]:
+            n = _last_id[0] + 1
+        _last_id[0] = n
     return "".join(_CROCKFORD[(n >> shift) & 31] for shift in range(125, -1, -5))
 
 
@@ -158,6 +172,11 @@ def _explain(exc: sqlite3.Error) -> str:
     if "locked" in low or "busy" in low:
         return f"the database stayed locked by another process for too long ({msg})"
     return msg
+
+
+def _read_header(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(len(_SQLITE_HEADER))
 
 
 def _create_private(path: Path) -> None:
@@ -278,11 +297,11 @@ def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
 class Store:
     """The session log. Safe to share between threads; several processes may write at once."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, migrate_upto: str | None = None):
+    def __init__(self, path: str | os.PathLike | None = None):
         self.path = resolve_db_path(path)
         self._lock = threading.RLock()
         self._preflight()
-        self.db = self._connect(migrate_upto)
+        self.db = self._connect()
         self._messages = self.db.table("messages")
         self._sessions = self.db.table("sessions")
         self._runs = self.db.table("batch_runs")
@@ -300,8 +319,7 @@ class Store:
         if not p.is_file():
             raise self._fail("is not a file")
         try:
-            with open(p, "rb") as f:
-                header = f.read(len(_SQLITE_HEADER))
+            header = _read_header(p)
         except OSError as e:
             raise self._fail(f"cannot read the file: {e.strerror}") from e
         if not header:
@@ -324,7 +342,7 @@ class Store:
                 "upgrade the assistant or use another --db"
             )
 
-    def _connect(self, migrate_upto: str | None) -> sqlite_utils.Database:
+    def _connect(self) -> sqlite_utils.Database:
         p = self.path
         try:
             p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -349,16 +367,14 @@ class Store:
             db.execute("PRAGMA synchronous = NORMAL")
             known = [fn.__name__ for fn in MIGRATIONS]
             if set(applied_migrations(db)) != set(known):
-                migrate(db, upto=migrate_upto)
+                migrate(db)
             return db
-        except sqlite3.Error as e:
+        except (sqlite3.Error, StoreError) as e:
             if conn is not None:
                 conn.close()
+            if isinstance(e, StoreError):
+                raise
             raise self._fail(_explain(e)) from e
-        except StoreError:
-            if conn is not None:
-                conn.close()
-            raise
 
     def close(self) -> None:
         with self._lock:
@@ -396,11 +412,10 @@ class Store:
 
     def _resolve(self, session_id: str) -> str:
         """Accept a full id or a unique prefix of one (friendlier at the command line)."""
-        rows = list(self.db.query("select id from sessions where id = ? or id like ? || '%' limit 3",
-                                  [session_id, session_id.replace("%", "").replace("_", "")]))
-        exact = [r["id"] for r in rows if r["id"] == session_id]
-        if exact:
-            return exact[0]
+        if self.db.execute("select 1 from sessions where id = ?", [session_id]).fetchone():
+            return session_id
+        prefix = session_id.replace("%", "").replace("_", "")
+        rows = list(self.db.query("select id from sessions where id like ? || '%' limit 2", [prefix]))
         if len(rows) == 1:
             return rows[0]["id"]
         if not rows:
@@ -475,7 +490,10 @@ class Store:
 
     def _update_message(self, message_id: int, **values: Any) -> None:
         with self._guard("saving the reply"):
-            self._messages.update(message_id, values)
+            try:
+                self._messages.update(message_id, values)
+            except NotFoundError:
+                pass  # the user deleted the session while the reply streamed: stop logging it
 
     def start_batch(self, task: str, input_path: str, output_path: str | None, model: str | None) -> tuple[str, int]:
         title = f"{task}: {Path(input_path).name}"
@@ -654,6 +672,8 @@ class Store:
         dest = Path(dest).expanduser()
         if dest.exists() and dest.resolve() == self.path.resolve():
             raise StoreError(f"{dest}: the backup cannot overwrite the database itself")
+        if dest.is_file() and dest.stat().st_size and _read_header(dest) != _SQLITE_HEADER:
+            raise StoreError(f"{dest}: exists and is not a SQLite database; refusing to overwrite it")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.exists():

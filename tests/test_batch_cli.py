@@ -173,3 +173,36 @@ def test_unknown_model_is_one_clear_line(tmp_path):
     result = CliRunner().invoke(cli, ["ask", "hi", "--model", "nope", "--no-log"])
     assert result.exit_code == 1
     assert "error: unknown model 'nope'" in result.output and "Traceback" not in result.output
+
+
+def test_batch_run_is_logged_as_one_session(tmp_path, fake):
+    from assistant.store import Store
+
+    db = tmp_path / "log.db"
+    src = write_jsonl(tmp_path / "q.jsonl", [{"id": i, "question": f"Question number {i}?"} for i in range(3)])
+    result = CliRunner().invoke(cli, ["ask", "--input", str(src), "--output", str(tmp_path / "a.jsonl"),
+                                      "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    with Store(db) as store:
+        sessions = store.list_sessions()
+        assert [s["mode"] for s in sessions] == ["batch"]
+        messages = store.get_session(sessions[0]["id"])["messages"]
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 3
+        assert messages[0]["content"] == "Question number 0?"
+        assert all(m["status"] == "complete" for m in messages)
+        assert store.search("number")
+
+
+def test_single_question_is_logged_and_no_log_writes_nothing(tmp_path, fake):
+    from assistant.store import Store
+
+    db = tmp_path / "log.db"
+    assert CliRunner().invoke(cli, ["ask", "What is asthma?", "--db", str(db)]).exit_code == 0
+    with Store(db) as store:
+        (session,) = store.list_sessions()
+        msgs = store.get_session(session["id"])["messages"]
+        assert [(m["role"], m["status"]) for m in msgs] == [("user", "complete"), ("assistant", "complete")]
+        assert msgs[1]["content"] == "summary of asthma?" and msgs[1]["completion_tokens"] == 3
+    other = tmp_path / "none.db"
+    assert CliRunner().invoke(cli, ["ask", "What is asthma?", "--db", str(other), "--no-log"]).exit_code == 0
+    assert not other.exists()

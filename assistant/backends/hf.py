@@ -5,6 +5,7 @@ is the path training and evaluation of adapters share.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -31,7 +32,9 @@ def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adap
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     torch_dtype = getattr(torch, dtype)
     try:
         if spec.kind == "gguf":
@@ -66,15 +69,25 @@ def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adap
 
 
 def _save_atomically(model, tokenizer, target: Path) -> None:
-    tmp = target.with_name(target.name + ".tmp")
+    import shutil
+    import warnings
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    # The weights are plain fp32 once dequantized; the GGUF marker only
+    # stops transformers from saving them.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            return
-        tmp.rename(target)
-    except OSError:
-        pass  # a cache is an optimisation; failing to write it must not fail the load
+        if not target.exists():
+            tmp.rename(target)
+    except Exception as exc:  # a cache is an optimisation: failing to write it must not fail the load
+        warnings.warn(f"could not cache the dequantized model in {target}: {exc}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _CountingStreamer:

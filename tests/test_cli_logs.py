@@ -1,0 +1,150 @@
+"""`assistant logs` through click's CliRunner, on real SQLite files."""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+
+import pytest
+from click.testing import CliRunner
+
+from assistant.cli_logs import logs
+from assistant.store import Store
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "logs.db"
+
+
+@pytest.fixture
+def filled(db):
+    with Store(db) as st:
+        a = st.new_session("chat", "smollm2", title="Knee pain")
+        st.add_message(a, "user", "My knee hurts after running")
+        w = st.start_reply(a, "smollm2", {"temperature": 0})
+        w.append("Rest the knee")
+        w.cancel()
+        b = st.new_session("kiosk", "smollm2")
+        st.add_message(b, "user", "What helps a headache?")
+        st.add_message(b, "assistant", "Water and rest.", model="smollm2")
+    return {"a": a, "b": b}
+
+
+def run(*args, **kw):
+    return CliRunner().invoke(logs, [str(a) for a in args], catch_exceptions=False, **kw)
+
+
+def test_list_is_the_default(db, filled):
+    for args in ([], ["--db", db], ["list", "--db", db]):
+        r = run(*args, env={"ASSISTANT_DB": str(db)})
+        assert r.exit_code == 0, r.output
+        assert filled["a"] in r.stdout and filled["b"] in r.stdout
+        assert "Knee pain" in r.stdout and "kiosk" in r.stdout and "smollm2" in r.stdout
+    r = run("list", "--db", db, "--mode", "kiosk")
+    assert filled["b"] in r.stdout and filled["a"] not in r.stdout
+
+
+def test_list_empty_and_archived(db, filled):
+    assert "No sessions" in run("list", "--db", db.with_name("empty.db")).stdout
+    assert run("archive", "--db", db, filled["a"]).exit_code == 0
+    assert filled["a"] not in run("list", "--db", db).stdout
+    assert filled["a"] in run("list", "--db", db, "--archived").stdout
+    run("archive", "--db", db, filled["a"], "--undo")
+    assert filled["a"] in run("list", "--db", db).stdout
+
+
+def test_show_includes_status_of_partial_replies(db, filled):
+    r = run("show", "--db", db, filled["a"])
+    assert r.exit_code == 0
+    assert "My knee hurts after running" in r.stdout and "Rest the knee" in r.stdout and "cancelled" in r.stdout
+
+
+def test_rename(db, filled):
+    run("rename", "--db", db, filled["b"], "Headache")
+    assert "Headache" in run("show", "--db", db, filled["b"]).stdout
+
+
+def test_search_ranked_with_snippets(db, filled):
+    r = run("search", "--db", db, "knee")
+    assert r.exit_code == 0
+    assert r.stdout.count(filled["a"]) == 2 and "Rest the knee" in r.stdout
+    assert "No matches" in run("search", "--db", db, '"-(').stdout
+
+
+def test_export_import_round_trip(db, filled, tmp_path):
+    out = tmp_path / "all.json"
+    r = run("export", "--db", db, "--all", "--format", "json", "-o", out)
+    assert r.exit_code == 0 and out.exists()
+    stdout_json = run("export", "--db", db, "--all", "--format", "json").stdout
+    assert json.loads(stdout_json)["sessions"] == json.loads(out.read_text())["sessions"]
+    md = run("export", "--db", db, filled["a"]).stdout
+    assert md.startswith("# Knee pain") and "cancelled" in md
+    fresh = tmp_path / "fresh.db"
+    r = run("import", "--db", fresh, out)
+    assert r.exit_code == 0 and "Imported 2 sessions (4 messages)" in r.stdout
+    assert run("export", "--db", fresh, filled["a"]).stdout == md
+    assert run("export", "--db", db).exit_code == 2  # neither ids nor --all
+
+
+def test_delete_by_id_asks_unless_yes(db, filled):
+    r = run("delete", "--db", db, filled["a"], input="n\n")
+    assert "Nothing deleted" in r.stdout and filled["a"] in run("list", "--db", db).stdout
+    r = run("delete", "--db", db, filled["a"], "--yes", "--vacuum")
+    assert r.exit_code == 0 and "Deleted 1 session" in r.stdout
+    assert filled["a"] not in run("list", "--db", db).stdout
+    assert "No matches" in run("search", "--db", db, "knee").stdout
+
+
+def test_delete_before_date(db, filled):
+    tomorrow = (datetime.now() + timedelta(days=1)).date().isoformat()
+    yesterday = (datetime.now() - timedelta(days=1)).date().isoformat()
+    assert "Deleted 0 messages and 0 sessions" in run("delete", "--db", db, "--before", yesterday, "--yes").stdout
+    r = run("delete", "--db", db, "--before", tomorrow, input="y\n")
+    assert "Deleted 4 messages and 2 sessions" in r.stdout
+    assert "No sessions" in run("list", "--db", db).stdout
+    assert run("delete", "--db", db, "--before", "last tuesday", "--yes").exit_code == 2
+
+
+def test_backup_and_path(db, filled, tmp_path):
+    dest = tmp_path / "copy.db"
+    assert run("backup", "--db", db, dest).exit_code == 0
+    assert filled["b"] in run("list", "--db", dest).stdout
+    assert run("path", "--db", db).stdout.strip() == str(db)
+    assert run("path", env={"ASSISTANT_DB": str(dest)}).stdout.strip() == str(dest)
+
+
+def test_on_off_status(db, filled):
+    assert "Logging: on" in run("status", "--db", db).stdout
+    run("off")
+    r = run("status", "--db", db)
+    assert "Logging: off" in r.stdout and "Sessions: 2" in r.stdout and str(db) in r.stdout
+    run("on")
+    assert "Logging: on" in run("status", "--db", db).stdout
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "x"], ["search", "x"], ["export", "--all"], ["status"],
+                                     ["delete", "x", "--yes"]])
+def test_store_errors_are_one_red_line_and_exit_1(tmp_path, command):
+    bad = tmp_path / "notes.db"
+    bad.write_text("not a database at all\n" * 50)
+    before = hashlib.sha256(bad.read_bytes()).hexdigest()
+    r = CliRunner().invoke(logs, [*command, "--db", str(bad)], color=True)
+    assert r.exit_code == 1
+    assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit)
+    assert "Traceback" not in r.output
+    assert r.stdout == "" or command == ["status"]  # status prints what it knows before opening
+    assert r.stderr.count("\n") == 1 and "\x1b[31m" in r.stderr
+    assert str(bad) in r.stderr and "not a SQLite database" in r.stderr
+    assert hashlib.sha256(bad.read_bytes()).hexdigest() == before
+
+
+def test_unknown_session_is_a_clean_error(db, filled):
+    r = CliRunner().invoke(logs, ["show", "--db", str(db), "doesnotexist"])
+    assert r.exit_code == 1 and "no session" in r.stderr and r.exception.__class__ is SystemExit
+
+
+def test_export_file_is_private(db, filled, tmp_path):
+    out = tmp_path / "a.md"
+    assert run("export", "--db", db, filled["a"], "-o", out).exit_code == 0
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
