@@ -11,8 +11,10 @@ PROMPTS_DIR = DATA_DIR / "prompts"
 
 
 def _xdg(var: str, fallback: str) -> Path:
-    base = os.environ.get(var) or str(Path.home() / fallback)
-    return Path(base) / APP
+    value = os.environ.get(var)
+    # The XDG spec says relative values are invalid and must be ignored.
+    base = Path(value) if value and os.path.isabs(value) else Path.home() / fallback
+    return base / APP
 
 
 def data_home() -> Path:

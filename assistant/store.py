@@ -51,7 +51,8 @@ from typing import Any, Callable, Iterable, Iterator
 import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
-APP_DIR = "health-assistant"
+from . import paths
+
 DB_ENV = "ASSISTANT_DB"
 FLUSH_INTERVAL_S = 0.5
 BUSY_TIMEOUT_MS = 10_000
@@ -72,14 +73,8 @@ class SessionNotFound(StoreError):
 # --- locations and the on/off switch --------------------------------------------------
 
 
-def _xdg(var: str, fallback: str) -> Path:
-    value = os.environ.get(var)
-    # The XDG spec says relative values are invalid and must be ignored.
-    return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
-
-
 def default_db_path() -> Path:
-    return _xdg("XDG_DATA_HOME", ".local/share") / APP_DIR / "logs.db"
+    return paths.data_home() / "logs.db"
 
 
 def resolve_db_path(path: str | os.PathLike | None = None) -> Path:
@@ -91,7 +86,7 @@ def resolve_db_path(path: str | os.PathLike | None = None) -> Path:
 
 
 def _logs_off_marker() -> Path:
-    return _xdg("XDG_CONFIG_HOME", ".config") / APP_DIR / "logs-off"
+    return paths.config_home() / "logs-off"
 
 
 def logging_enabled() -> bool:

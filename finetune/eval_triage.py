@@ -6,8 +6,21 @@
 Recall per urgent class (emergency, crisis), and the false-alarm rate: the share
 of routine ("none") messages that got any urgent level. tests/triage_set.jsonl is
 both the design set (the rules were written against it) and the test, so its
-figures are optimistic; tests/triage_holdout.jsonl was written before the rules
-and never used to tune them, so it is the honest estimate (small, though).
+figures are optimistic. tests/triage_holdout.jsonl was written in three batches,
+each before the rules saw it; the first run of each batch is the honest estimate:
+
+| batch | emergency recall | crisis recall | false alarms |
+| --- | --- | --- | --- |
+| 1 (22, before any rule) | 8/8 | 3/4 (a planned overdose read as emergency) | 0/10 |
+| 2 (30) | 7/10 (paraphrased chest pain, "4 weeks" infant, chest tight + lip swelling) | 4/4 | 0/16 |
+| 3 (24) | 8/9 ("heavy feeling in my chest") | 2/4 ("don't see the point in living", "want it all to end") | 0/11 |
+| all | 23/27 = 85 % | 9/12 = 75 % | 0/37 |
+
+Batches 1 and 2 were then used to generalise the rules (and batch 3 too), so the
+holdout now passes at 100 % and is no longer unseen: expect paraphrases the rules
+have not met to be missed at roughly those first-run rates. An unlabelled check on
+1,000 real consumer questions (MeQSum) flagged 14 as urgent before and 5 after
+tuning on it, most of them arguable (a relative who swallowed caustic soda).
 """
 from __future__ import annotations
 
