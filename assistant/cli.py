@@ -116,11 +116,16 @@ def logged_answer(store: Store | None, session_id: str | None, be, question: str
         raise
     with user_errors():
         stats = result.stats.to_dict()
-        if result.cancelled:
-            writer.cancel(stats)
-        else:
-            writer.finish(stats)
+        writer.finish(stats, status="cancelled" if result.cancelled else "complete", meta=result.meta)
     return result
+
+
+def _print_sources(result) -> None:
+    sources = result.meta.get("sources") or []
+    if sources:
+        click.echo("\n\nSources:")
+        for s in sources:
+            click.echo(f"- {s['title']} <{s['url']}>")
 
 
 @click.group(invoke_without_command=True)
@@ -155,6 +160,7 @@ def chat(model, adapter, backend, max_tokens, temperature, seed, no_log, db):
             with user_errors():
                 session_id = store.new_session("chat", be.model_name, title=_title(question))
         result = logged_answer(store, session_id, be, question, history, opts, CancelToken())
+        _print_sources(result)
         click.echo()
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": result.text}]
         _print_stats(result.stats)
@@ -211,6 +217,7 @@ def ask(question, input_path, output_path, overwrite, model, adapter, backend,
         with user_errors():
             session_id = store.new_session("chat", be.model_name, title=_title(question))
     result = logged_answer(store, session_id, be, question, (), opts, CancelToken())
+    _print_sources(result)
     click.echo()
     _print_stats(result.stats)
 
@@ -310,7 +317,8 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
                         out = {"id": r.id, "summary": result.text}
                     else:
                         result = answer(be, r.text, options=opts, cancel=token)
-                        out = {"id": r.id, "question": r.text, "answer": result.text}
+                        out = {"id": r.id, "question": r.text, "answer": result.text,
+                               "triage": result.meta["triage"], "sources": result.meta["sources"]}
                 except (TaskError, BackendError) as exc:
                     errors.append(RecordError(r.source, str(exc)))
                     if run is not None:
@@ -329,7 +337,7 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
                     with user_errors():
                         store.add_batch_item(run[0], r.text, result.text, model=result.model,
                                              options=opts.to_dict(), stats=result.stats.to_dict(),
-                                             meta={"id": r.id, "section": r.section or section})
+                                             meta={"id": r.id, "section": r.section or section, **result.meta})
                 done += 1
                 progress.advance(bar)
         be.close()

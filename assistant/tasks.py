@@ -6,6 +6,12 @@ talks to a backend directly.
   summarized, and the partial summaries are merged (recursively if needed),
   so nothing is silently truncated.
 - `answer` answers a health question, optionally continuing a conversation.
+  Every question first goes through the deterministic triage layer: an
+  emergency or a crisis gets its fixed message and the model is not asked at
+  all. Health questions are grounded: passages retrieved from the local
+  knowledge base go into the prompt, the answer lists them as sources, and
+  when nothing relevant is found the assistant says it does not know instead
+  of letting a small model guess.
 """
 from __future__ import annotations
 
@@ -78,6 +84,25 @@ def summary_messages(dialogue: str, section: str | None = None) -> list[Message]
 
 def answer_messages(question: str, history: Sequence[Message] = ()) -> list[Message]:
     return [_system(), *history, {"role": "user", "content": prompts.render("answer", question=question.strip())}]
+
+
+def grounded_answer_messages(question: str, passages: Sequence, history: Sequence[Message] = ()) -> list[Message]:
+    """The prompt of a grounded answer (also used to build grounded training examples)."""
+    refs = "\n\n".join(f"[{i}] {p.title}\n{p.text.strip()}" for i, p in enumerate(passages, 1))
+    content = prompts.render("answer_grounded", passages=refs, question=question.strip())
+    return [_system(), *history, {"role": "user", "content": content}]
+
+
+_SMALL_TALK = re.compile(
+    r"^\W*(?:hi|hello|hey|good (?:morning|afternoon|evening)|thanks?(?: you)?|thank you(?: very much)?|"
+    r"bye|goodbye|ok(?:ay)?|who are you|what are you|what can you do|how are you)\b[\w\s,']{0,20}\W*$",
+    re.IGNORECASE,
+)
+
+
+def is_small_talk(text: str) -> bool:
+    """Greetings and thanks are answered by the model directly, not from the library."""
+    return bool(_SMALL_TALK.match(text.strip()))
 
 
 # --- chunking -------------------------------------------------------------
@@ -212,6 +237,15 @@ def _merge(backend: Backend, summaries: list[str], title: str, opts: GenerationO
         summaries = merged
 
 
+GROUNDING_PASSAGES = 2
+
+
+def _fixed(text: str, model: str, on_text: TextCallback | None, meta: dict) -> TaskResult:
+    if on_text is not None:
+        on_text(text)
+    return TaskResult(text, model, GenerationStats(total_s=0.0), parts=0, meta=meta)
+
+
 def answer(
     backend: Backend,
     question: str,
@@ -219,14 +253,74 @@ def answer(
     options: GenerationOptions | None = None,
     on_text: TextCallback | None = None,
     cancel: CancelToken | None = None,
+    *,
+    knowledge=None,
+    grounded: bool = True,
+    safety: bool = True,
 ) -> TaskResult:
+    """Answer a health question. `meta` of the result carries "triage"
+    ("emergency" | "crisis" | "none"), "sources" (list of {"title", "url"})
+    and "grounded"; `knowledge` defaults to the shipped knowledge base."""
     if not question or not question.strip():
         raise TaskError("the question is empty")
+    meta: dict = {"triage": "none", "sources": [], "grounded": False}
+    referral = None
+    if safety:
+        from .safety.triage import triage
+
+        verdict = triage(question)
+        meta["triage"] = verdict.level
+        if verdict.reasons:
+            meta["triage_reasons"] = list(verdict.reasons)
+        if verdict.urgent:
+            # The fixed message is the whole reply: nothing a small model adds can be trusted here.
+            return _fixed(verdict.message, "triage", on_text, meta)
+        if verdict.scope:
+            meta["scope"] = verdict.scope
+            referral = verdict.referral
     opts = options or GenerationOptions(max_tokens=ANSWER_MAX_TOKENS)
-    messages = answer_messages(question, history)
+    if grounded and not is_small_talk(question):
+        if knowledge is None:
+            from .knowledge import KnowledgeBase
+
+            knowledge = KnowledgeBase.default()
+        # Follow-up questions ("what about children?") retrieve with the previous question too.
+        last_user = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+        query = question if not last_user or len(question.split()) > 6 else f"{last_user} {question}"
+        hits = knowledge.search(query, k=GROUNDING_PASSAGES)
+        if not knowledge.is_relevant(hits):
+            text = prompts.template("dont_know")
+            if referral:
+                text += "\n\n" + referral
+            return _fixed(text, "knowledge-base", on_text, meta)
+        hits = [h for h in hits if knowledge.is_relevant([h])]
+        meta["grounded"] = True
+        meta["sources"] = _unique_sources(hits)
+        messages = grounded_answer_messages(question, hits, _plain_history(history))
+    else:
+        messages = answer_messages(question, history)
     # Drop the oldest turns of a long conversation rather than overflow the context.
     reserve = min(opts.max_tokens, backend.context_length // 2)
     while len(messages) > 2 and backend.prompt_tokens(messages) + reserve > backend.context_length:
         messages = [messages[0], *messages[3:]]
     text, stats = _run(backend, messages, opts, on_text, cancel)
-    return TaskResult(text, backend.model_name, stats)
+    if referral and stats.finish_reason != "cancelled":
+        if on_text is not None:
+            on_text("\n\n" + referral)
+        text += "\n\n" + referral
+    return TaskResult(text, backend.model_name, stats, meta=meta)
+
+
+def _unique_sources(passages: Sequence) -> list[dict]:
+    seen, out = set(), []
+    for p in passages:
+        if p.doc_id not in seen:
+            seen.add(p.doc_id)
+            out.append({"title": p.title, "url": p.url})
+    return out
+
+
+def _plain_history(history: Sequence[Message]) -> list[Message]:
+    """Earlier turns go into a grounded prompt as plain text: their reference
+    passages would crowd out the ones retrieved for this question."""
+    return [dict(m) for m in history if m["role"] in ("user", "assistant")]

@@ -1,0 +1,109 @@
+"""Grounded, safe answers through the task layer: triage first, retrieval,
+sources, the "I don't know" path, and the batch output keys."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from assistant import cli as cli_module
+from assistant import prompts
+from assistant.cli import cli
+from assistant.knowledge import KnowledgeBase
+from assistant.tasks import answer
+from conftest import WordBackend
+
+PASSAGES = [
+    {"id": 0, "doc_id": "NEI/glaucoma", "source": "NEI", "url": "https://example.org/glaucoma",
+     "focus": "Glaucoma", "qtype": "symptoms", "title": "Glaucoma: symptoms",
+     "text": "Glaucoma often has no early symptoms. Over time side vision is slowly lost."},
+    {"id": 1, "doc_id": "NIDDK/diabetes", "source": "NIDDK", "url": "https://example.org/diabetes",
+     "focus": "Diabetes", "qtype": "treatment", "title": "Diabetes: treatment",
+     "text": "Type 2 diabetes is managed with healthy eating, physical activity and sometimes metformin."},
+]
+
+
+@pytest.fixture
+def kb(tmp_path):
+    path = tmp_path / "kb.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        for p in PASSAGES:
+            f.write(json.dumps(p) + "\n")
+    return KnowledgeBase(path, cache_dir=tmp_path / "cache", min_coverage=0.5)
+
+
+def test_health_question_is_grounded_and_cites_its_source(kb):
+    be = WordBackend(reply="It often has no early symptoms.")
+    result = answer(be, "What are the symptoms of glaucoma?", knowledge=kb)
+    prompt = be.prompts[0][-1]["content"]
+    assert "[1] Glaucoma: symptoms\nGlaucoma often has no early symptoms." in prompt
+    assert prompt.endswith("Question: What are the symptoms of glaucoma?")
+    assert "Diabetes" not in prompt  # an irrelevant passage is not offered
+    assert result.meta == {"triage": "none", "grounded": True,
+                           "sources": [{"title": "Glaucoma: symptoms", "url": "https://example.org/glaucoma"}]}
+
+
+def test_nothing_relevant_means_i_do_not_know_without_asking_the_model(kb):
+    be = WordBackend()
+    streamed = []
+    result = answer(be, "Which football team won the cup in 1966?", knowledge=kb, on_text=streamed.append)
+    assert be.prompts == []
+    assert result.text == prompts.template("dont_know") == "".join(streamed)
+    assert result.meta["sources"] == [] and result.meta["grounded"] is False
+
+
+@pytest.mark.parametrize("message, level", [
+    ("My dad's face is drooping and he can't lift his arm", "emergency"),
+    ("i want to end my life", "crisis"),
+])
+def test_emergencies_get_the_fixed_message_before_any_model_output(kb, message, level):
+    be = WordBackend()
+    streamed = []
+    result = answer(be, message, knowledge=kb, on_text=streamed.append)
+    assert be.prompts == []  # the model is never asked
+    assert result.meta["triage"] == level
+    assert streamed == [result.text]
+    assert ("988" if level == "crisis" else "911") in result.text
+
+
+def test_educational_question_about_stroke_is_not_an_alarm(kb):
+    result = answer(WordBackend(), "What are the risk factors for stroke?", knowledge=kb)
+    assert result.meta["triage"] == "none"
+
+
+def test_prescription_request_gets_general_information_and_a_referral(kb):
+    be = WordBackend(reply="Metformin is a common medicine.")
+    result = answer(be, "Can you prescribe me metformin for my type 2 diabetes?", knowledge=kb)
+    assert be.prompts, "general information still comes from the model"
+    assert result.meta["scope"] == "prescription"
+    assert result.text.startswith("Metformin is a common medicine.")
+    assert "pharmacist" in result.text.split("\n\n")[-1]
+
+
+def test_small_talk_is_answered_without_the_library(kb):
+    be = WordBackend(reply="Hello! How can I help?")
+    result = answer(be, "hello", knowledge=kb)
+    assert result.text == "Hello! How can I help?" and result.meta["grounded"] is False
+    assert "Question:" not in be.prompts[0][-1]["content"]
+
+
+def test_batch_answers_carry_triage_and_sources(tmp_path, kb, monkeypatch):
+    be = WordBackend(reply="Side vision is lost slowly.")
+    monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: be)
+    monkeypatch.setattr(KnowledgeBase, "default", classmethod(lambda cls: kb))
+    src = tmp_path / "q.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "g", "question": "What are the symptoms of glaucoma?"},
+        {"id": "e", "question": "my baby is 3 weeks old and has a fever of 38.5"},
+        {"id": "u", "question": "Who won the cup in 1966?"},
+    ]) + "\n")
+    out = tmp_path / "a.jsonl"
+    result = CliRunner().invoke(cli, ["ask", "--input", str(src), "--output", str(out), "--no-log"])
+    assert result.exit_code == 0, result.output
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["g"]["triage"] == "none"
+    assert rows["g"]["sources"] == [{"title": "Glaucoma: symptoms", "url": "https://example.org/glaucoma"}]
+    assert rows["e"]["triage"] == "emergency" and rows["e"]["sources"] == []
+    assert rows["u"]["sources"] == [] and "don't know" in rows["u"]["answer"]
