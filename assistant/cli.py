@@ -135,7 +135,19 @@ def cli(ctx):
     """An offline health assistant: answers health questions and summarizes
     clinical conversations with a small language model on your CPU."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(chat)
+        ctx.invoke(tui)
+
+
+@cli.command()
+@model_options
+@click.option("--max-tokens", type=click.IntRange(1), default=None, help="Reply length limit.")
+@click.option("--db", type=click.Path(path_type=Path), envvar="ASSISTANT_DB", default=None,
+              help="Session log database (default: in the user data directory).")
+def tui(model, adapter, backend, max_tokens, db):
+    """The terminal app (the default): chat, summarize, browse and search sessions."""
+    from .tui import run_tui
+
+    sys.exit(run_tui(model, adapter, backend, db, max_tokens=max_tokens))
 
 
 @cli.command()

@@ -1,0 +1,74 @@
+"""Grounded answer examples: question + passages retrieved from the shipped
+knowledge base -> the reference answer.
+
+The runtime answers health questions from retrieved passages
+(`assistant.tasks.grounded_answer_messages`), so the model is trained on that
+exact prompt: it learns to condense the passages it is given rather than to
+recall facts it cannot hold. Retrieval here is the runtime's own, so the
+passages are what a user would get, including misses.
+
+    python -m finetune.grounded_data --data build/data/v1
+
+writes `grounded-{train,valid,test}.jsonl` next to the split files, one record
+per MedQuAD answer whose question retrieves something relevant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from assistant.knowledge import KnowledgeBase
+from assistant.tasks import GROUNDING_PASSAGES, grounded_answer_messages
+
+
+def question_of(record: dict) -> str:
+    return record["messages"][-2]["content"]
+
+
+def ground(records, kb: KnowledgeBase, k: int = GROUNDING_PASSAGES):
+    """Yield grounded copies of MedQuAD answer records; count those with nothing relevant."""
+    skipped = 0
+    for r in records:
+        if r["source"] != "medquad" or r["task"] != "answer":
+            continue
+        question = question_of(r)
+        hits = kb.search(question, k=k)
+        if not kb.is_relevant(hits):
+            skipped += 1  # at run time this question gets the fixed "I don't know"
+            continue
+        hits = [h for h in hits if kb.is_relevant([h])]
+        gold_doc = (r.get("meta") or {}).get("document")
+        yield {
+            **r,
+            "id": r["id"].replace("medquad/", "medquad-grounded/", 1),
+            "task": "grounded_answer",
+            "source": "medquad-grounded",
+            "messages": [*grounded_answer_messages(question, hits), r["messages"][-1]],
+            "meta": {**(r.get("meta") or {}), "retrieved": [h.doc_id for h in hits],
+                     "gold_retrieved": gold_doc in {h.doc_id for h in hits} if gold_doc else None},
+        }
+    ground.skipped = skipped
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=Path("build/data/v1"))
+    args = ap.parse_args(argv)
+    kb = KnowledgeBase.default()
+    summary = {}
+    for split in ("train", "valid", "test"):
+        src = args.data / f"{split}.jsonl"
+        records = (json.loads(line) for line in src.open(encoding="utf-8"))
+        out = args.data / f"grounded-{split}.jsonl"
+        n = 0
+        with out.open("w", encoding="utf-8") as f:
+            for rec in ground(records, kb):
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+        summary[split] = {"written": n, "nothing_relevant": ground.skipped}
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
