@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from click_default_group import DefaultGroup
 from rich.console import Console
 
 from . import models as model_registry
@@ -128,14 +129,13 @@ def _print_sources(result) -> None:
             click.echo(f"- {s['title']} <{s['url']}>")
 
 
-@click.group(invoke_without_command=True)
+@click.group(cls=DefaultGroup, default="tui", default_if_no_args=True)
 @click.version_option(package_name="health-assistant")
-@click.pass_context
-def cli(ctx):
+def cli():
     """An offline health assistant: answers health questions and summarizes
-    clinical conversations with a small language model on your CPU."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(tui)
+    clinical conversations with a small language model on your CPU.
+
+    Without a command it starts the terminal app (`assistant tui`)."""
 
 
 @cli.command()
