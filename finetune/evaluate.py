@@ -1,0 +1,365 @@
+"""Evaluate a model (optionally with a LoRA adapter) through the runtime's own task layer.
+
+    python -m finetune.evaluate --model smollm2-135m-instruct --suites mts-test1 \
+        --data build/data/v1 --limit 20 --out runs/eval/base.json
+    python -m finetune.evaluate plot runs/eval/*.json --out finetune/eval.png
+
+Generation suites read test.jsonl and decode greedily through `load_backend`
+and `assistant.tasks` (or the finetune.formats builders), so what is scored is
+what a user would get. `ppl` scores valid.jsonl with the transformers model:
+the NLL of the reference tokens only. Results go to --out (metrics), a sibling
+.predictions.jsonl (one line per example) and runs/eval/summary.md (one row
+per label).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from assistant import tasks
+from assistant.backends import load_backend
+from assistant.backends.base import Backend, GenerationOptions, GenerationStats, Message
+
+from . import formats, metrics
+
+GENERATION_SUITES = ("mts-test1", "mts-test2", "aci", "meqsum", "medquad", "pubmedqa", "dialogsum")
+SUITES = GENERATION_SUITES + ("ppl",)
+PROMPT_STYLES = ("runtime", "issue-baseline")
+# The prompt of the issue's baseline (R1 13.9 / R2 4.1 / RL 11.1 on test1): raw section
+# code, no system prompt, so the chat template's default system prompt applies.
+ISSUE_BASELINE = "Summarize the following doctor-patient conversation as the '{section}' section of a clinical note.\n\n{dialogue}"
+
+
+def suite_of(record: dict) -> str | None:
+    source, suite = record["source"], record["meta"].get("suite")
+    if source == "mts-dialog":
+        return suite
+    return "aci" if source == "aci-bench" else source
+
+
+def select(records: Sequence[dict], suite: str, limit: int | None) -> list[dict]:
+    chosen = [r for r in records if suite_of(r) == suite]
+    return chosen[:limit] if limit else chosen
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class StatsRecorder(Backend):
+    """Passes everything to the real backend and keeps the stats of every call:
+    a chunked summary makes several calls, and decode speed should count them all."""
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+        self.name, self.model_name = inner.name, inner.model_name
+        self.calls: list[GenerationStats] = []
+
+    @property
+    def context_length(self) -> int:
+        return self.inner.context_length
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> int:
+        return self.inner.prompt_tokens(messages)
+
+    def stream(self, messages, options=None, cancel=None) -> Iterator[str]:
+        try:
+            yield from self.inner.stream(messages, options, cancel)
+        finally:
+            self.last_stats = self.inner.last_stats
+            if self.last_stats is not None:
+                self.calls.append(self.last_stats)
+
+    def decode_tokens_per_s(self) -> float | None:
+        tokens = sum(max(0, s.completion_tokens - 1) for s in self.calls)
+        seconds = sum(s.total_s - (s.ttft_s or 0.0) for s in self.calls if s.completion_tokens > 1)
+        return tokens / seconds if seconds > 0 else None
+
+
+def _stream(backend: Backend, messages: list[Message], opts: GenerationOptions) -> str:
+    return "".join(backend.stream(messages, opts)).strip()
+
+
+def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions) -> str:
+    """The model's output for one record, produced the way the app would produce it."""
+    inputs = record["meta"]["inputs"]
+    if record["task"] == "summarize" and record["source"] != "dialogsum":
+        if style == "issue-baseline":
+            prompt = ISSUE_BASELINE.format(section=inputs["section"], dialogue=inputs["dialogue"].strip())
+            return _stream(backend, [{"role": "user", "content": prompt}], opts)
+        return tasks.summarize(backend, inputs["dialogue"], inputs["section"], options=opts).text
+    if record["task"] == "answer":
+        return tasks.answer(backend, inputs["question"], options=opts).text
+    builders = {
+        "question_summary": lambda: formats.question_summary_messages(inputs["question"]),
+        "pubmedqa": lambda: formats.pubmedqa_messages(inputs["question"], inputs["contexts"]),
+        "summarize": lambda: formats.dialogsum_messages(inputs["dialogue"]),  # dialogsum
+    }
+    return _stream(backend, builders[record["task"]](), opts)
+
+
+def score_suite(suite: str, rows: list[dict]) -> dict:
+    preds, refs = [r["prediction"] for r in rows], [r["reference"] for r in rows]
+    out = {"n": len(rows), **{k: round(v, 2) for k, v in metrics.rouge(preds, refs).items()}}
+    if suite == "pubmedqa":
+        labels = [metrics.pubmedqa_label(p) for p in preds]
+        out["accuracy"] = round(metrics.accuracy(labels, [r["label"] for r in rows]), 2)
+        out["predicted_labels"] = dict(Counter(labels))
+    tokens = [r["completion_tokens"] for r in rows]
+    out["mean_completion_tokens"] = round(sum(tokens) / len(tokens), 1) if tokens else 0
+    out["hit_max_tokens"] = sum(r["finish_reason"] == "length" for r in rows)
+    return out
+
+
+def run_generation(backend: StatsRecorder, suite: str, records: list[dict], style: str,
+                   max_tokens: int, predictions) -> dict:
+    opts = GenerationOptions(max_tokens=max_tokens, temperature=0.0)
+    rows = []
+    for i, record in enumerate(records, 1):
+        before = len(backend.calls)
+        text = generate(backend, record, style, opts)
+        calls = backend.calls[before:]
+        row = {
+            "suite": suite, "id": record["id"], "prediction": text, "reference": record["reference"],
+            "completion_tokens": sum(s.completion_tokens for s in calls), "calls": len(calls),
+            "finish_reason": calls[-1].finish_reason if calls else None,
+            **({"label": record["meta"]["label"]} if suite == "pubmedqa" else {}),
+            "rouge": {k: round(v, 2) for k, v in metrics.rouge_one(text, record["reference"]).items()},
+        }
+        rows.append(row)
+        predictions.write(json.dumps(row, ensure_ascii=False) + "\n")
+        predictions.flush()
+        if i % 10 == 0 or i == len(records):
+            r1 = sum(r["rouge"]["rouge1"] for r in rows) / len(rows)
+            print(f"  {suite}: {i}/{len(records)}  R1 so far {r1:.1f}", file=sys.stderr, flush=True)
+    return score_suite(suite, rows)
+
+
+def run_perplexity(spec, backend: Backend | None, records: list[dict], limit: int | None) -> dict:
+    """Per source (first `limit` records of each) and overall, on valid.jsonl."""
+    if backend is not None and backend.name == "transformers":
+        model, tokenizer = backend.model, backend.tokenizer
+    else:
+        from assistant.backends.hf import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(spec)
+    by_source = defaultdict(list)
+    for r in records:
+        if not limit or len(by_source[r["source"]]) < limit:
+            by_source[r["source"]].append(r)
+    out, total_nll, total_tokens = {}, 0.0, 0
+    for source, recs in by_source.items():
+        out[source] = metrics.perplexity(model, tokenizer, recs)
+        total_nll += out[source]["nll"] * out[source]["tokens"]
+        total_tokens += out[source]["tokens"]
+        print(f"  ppl {source}: {out[source]['ppl']:.2f} over {out[source]['tokens']} tokens", file=sys.stderr)
+    mean = total_nll / total_tokens if total_tokens else float("nan")
+    return {"nll": round(mean, 4), "ppl": round(math.exp(mean), 3) if total_tokens else None,
+            "tokens": total_tokens, "by_source": out}
+
+
+def size_on_disk(spec) -> dict:
+    def total(path: Path | None) -> int | None:
+        if path is None or not path.exists():
+            return None
+        return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+    return {"model_bytes": total(spec.path), "adapter_bytes": total(spec.adapter)}
+
+
+# --- summary table and plot ---------------------------------------------------
+
+_COLUMNS = ["label", "model", "backend", "prompt", "limit", "MTS-1 R1/R2/RL", "MTS-2 R1/R2/RL", "ACI R1/R2/RL",
+            "MeQSum R1/R2/RL", "MedQuAD R1/R2/RL", "PubMedQA acc", "valid PPL", "decode tok/s", "size MB"]
+
+
+def summary_row(result: dict) -> list[str]:
+    s = result["suites"]
+
+    def rouge(name: str) -> str:
+        m = s.get(name)
+        return f"{m['rouge1']:.1f} / {m['rouge2']:.1f} / {m['rougeL']:.1f}" if m else "-"
+
+    def num(value, fmt: str) -> str:
+        return format(value, fmt) if value is not None else "-"
+
+    size = result["size"]["model_bytes"]
+    return [
+        result["label"], result["model"] + (f" + {Path(result['adapter']).name}" if result.get("adapter") else ""),
+        result["backend"], result["prompt_style"], str(result["limit"] or "full"),
+        rouge("mts-test1"), rouge("mts-test2"), rouge("aci"), rouge("meqsum"), rouge("medquad"),
+        num(s.get("pubmedqa", {}).get("accuracy"), ".1f"), num(s.get("ppl", {}).get("ppl"), ".2f"),
+        num(result.get("decode_tokens_per_s"), ".0f"), num(size / 1e6 if size else None, ".0f"),
+    ]
+
+
+def update_summary(path: Path, result: dict) -> None:
+    """One row per label: a rerun replaces its row, a new label appends one."""
+    rows: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines()[2:]:
+            if line.startswith("| "):
+                rows[line.split("|")[1].strip()] = line
+    rows[result["label"]] = "| " + " | ".join(summary_row(result)) + " |"
+    header = "| " + " | ".join(_COLUMNS) + " |\n|" + "---|" * len(_COLUMNS) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + "\n".join(rows.values()) + "\n", encoding="utf-8")
+
+
+PLOT_METRICS = [  # (bar name, suite, metric)
+    ("MTS-1 R1", "mts-test1", "rouge1"), ("MTS-1 RL", "mts-test1", "rougeL"), ("MTS-2 R1", "mts-test2", "rouge1"),
+    ("ACI R1", "aci", "rouge1"), ("MeQSum R1", "meqsum", "rouge1"), ("MedQuAD R1", "medquad", "rouge1"),
+    ("PubMedQA acc", "pubmedqa", "accuracy"), ("DialogSum R1", "dialogsum", "rouge1"),
+]
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quality = [m for m in PLOT_METRICS if any(m[1] in r["suites"] for r in results)]
+    fig, (ax, ax_speed) = plt.subplots(1, 2, figsize=(4 + 1.2 * len(quality), 4.5),
+                                       gridspec_kw={"width_ratios": [max(1, len(quality)), 1]})
+    width = 0.8 / max(1, len(results))
+    for i, r in enumerate(results):
+        values = [r["suites"].get(suite, {}).get(key, 0) for _, suite, key in quality]
+        ax.bar([x + i * width for x in range(len(quality))], values, width, label=r["label"])
+        ax_speed.bar(i, r.get("decode_tokens_per_s") or 0, label=r["label"])
+    ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(quality))])
+    ax.set_xticklabels([q[0] for q in quality], rotation=30, ha="right")
+    ax.set_ylabel("ROUGE F1 x100 / accuracy %")
+    ax.legend(fontsize="small")
+    ax_speed.set_xticks(range(len(results)))
+    ax_speed.set_xticklabels([r["label"] for r in results], rotation=30, ha="right")
+    ax_speed.set_ylabel("decode tokens/s")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+# --- command line ---------------------------------------------------------------
+
+def _thread_options(spec, args) -> dict:
+    """On a shared 2-core machine one thread can beat two that keep waiting for each other."""
+    if not getattr(args, "threads", None):
+        return {}
+    chosen = args.backend or ("llama.cpp" if spec.kind == "gguf" and spec.adapter is None else "transformers")
+    if chosen == "llama.cpp":
+        return {"n_threads": args.threads}
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return {}
+
+
+def evaluate(args, backend: Backend | None = None) -> dict:
+    """Run the suites and write the outputs. `backend` lets tests pass a fake."""
+    from assistant.models import resolve
+
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    unknown = set(suites) - set(SUITES)
+    if unknown:
+        raise SystemExit(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
+    data = Path(args.data)
+    spec = None if backend is not None else resolve(args.model, adapter=args.adapter)
+    style_tag = "" if args.prompt_style == "runtime" else f"-{args.prompt_style}"
+    label = args.label or (Path(args.model).name + (f"+{Path(args.adapter).name}" if args.adapter else "")
+                           + style_tag + (f"-limit{args.limit}" if args.limit else ""))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    gen = [s for s in suites if s != "ppl"]
+    inner = backend
+    if gen and inner is None:
+        t0 = time.perf_counter()
+        inner = load_backend(spec, backend=args.backend, **_thread_options(spec, args))
+        print(f"loaded {inner.model_name} on {inner.name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    recorder = StatsRecorder(inner) if inner is not None else None
+    results: dict[str, dict] = {}
+    with out.with_suffix(".predictions.jsonl").open("w", encoding="utf-8") as predictions:
+        test = read_jsonl(data / "test.jsonl") if gen else []
+        for suite in gen:
+            records = select(test, suite, args.limit)
+            if not records:
+                print(f"  {suite}: no records in {data / 'test.jsonl'}, skipped", file=sys.stderr)
+                continue
+            results[suite] = run_generation(recorder, suite, records, args.prompt_style, args.max_tokens, predictions)
+    if "ppl" in suites:
+        results["ppl"] = run_perplexity(spec, inner, read_jsonl(data / "valid.jsonl"), args.limit)
+    result = {
+        "label": label,
+        "model": args.model if backend is None else backend.model_name,
+        "adapter": args.adapter,
+        "backend": inner.name if inner is not None else "transformers",
+        "prompt_style": args.prompt_style,
+        "decoding": {"greedy": True, "max_tokens": args.max_tokens, "threads": getattr(args, "threads", None)},
+        "data": str(data),
+        "limit": args.limit,
+        "limited": bool(args.limit),
+        "suites": results,
+        "decode_tokens_per_s": round(recorder.decode_tokens_per_s(), 1) if recorder and recorder.decode_tokens_per_s() else None,
+        "size": size_on_disk(spec) if spec is not None else {"model_bytes": None, "adapter_bytes": None},
+        "wall_s": round(time.time() - started, 1),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "command": shlex.join(["python", "-m", "finetune.evaluate", *getattr(args, "argv", [])]),
+        "predictions": out.with_suffix(".predictions.jsonl").name,
+    }
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    update_summary(Path(args.summary) if args.summary else out.parent / "summary.md", result)
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Evaluate a model through the runtime's task layer.")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--adapter", help="PEFT adapter directory (runs on transformers)")
+    p.add_argument("--backend", choices=("llama.cpp", "transformers"))
+    p.add_argument("--suites", default="mts-test1", help=f"comma-separated: {','.join(SUITES)}")
+    p.add_argument("--data", default="build/data/v1")
+    p.add_argument("--limit", type=int, help="first N examples per suite (ppl: per source)")
+    p.add_argument("--out", required=True, help="metrics JSON; predictions go next to it")
+    p.add_argument("--label", help="row name in summary.md (default: from model, adapter, style, limit)")
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="runtime",
+                   help="issue-baseline: the issue's raw prompt for summaries (section code, no system prompt)")
+    p.add_argument("--threads", type=int, help="CPU threads for decoding (default: all cores)")
+    p.add_argument("--summary", help="Markdown table to update (default: summary.md next to --out)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plot"]:
+        p = argparse.ArgumentParser(prog="finetune.evaluate plot", description="Bar chart comparing runs.")
+        p.add_argument("results", nargs="+", type=Path)
+        p.add_argument("--out", type=Path, default=Path("finetune/eval.png"))
+        a = p.parse_args(argv[1:])
+        plot([json.loads(f.read_text(encoding="utf-8")) for f in a.results if f.suffix == ".json"], a.out)
+        print(f"wrote {a.out}")
+        return 0
+    args = parser().parse_args(argv)
+    args.argv = argv
+    result = evaluate(args)
+    for suite, m in result["suites"].items():
+        shown = {k: v for k, v in m.items() if k != "by_source"}
+        print(f"{suite}: {json.dumps(shown)}")
+    print(f"decode tokens/s: {result['decode_tokens_per_s']}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""finetune.evaluate end to end on a canned-text backend and a tiny data set."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from assistant.backends.base import Backend, GenerationOptions, GenerationStats
+from assistant.tasks import answer_messages, summary_messages
+from finetune import evaluate, formats
+from finetune.sources import record
+
+
+class CannedBackend(Backend):
+    """Replies with `replies[<text in the prompt>]`, one word per token, at exactly 50 tokens/s."""
+
+    name = "canned"
+    model_name = "canned-model"
+
+    def __init__(self, replies: dict[str, str]):
+        self.replies = replies
+        self.prompts: list[list[dict]] = []
+
+    @property
+    def context_length(self) -> int:
+        return 4096
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def prompt_tokens(self, messages) -> int:
+        return sum(len(m["content"].split()) for m in messages)
+
+    def stream(self, messages, options: GenerationOptions | None = None, cancel=None):
+        self.prompts.append(list(messages))
+        prompt = messages[-1]["content"]
+        reply = next((r for key, r in self.replies.items() if key in prompt), "nothing relevant")
+        words = reply.split()[:(options or GenerationOptions()).max_tokens]
+        self.last_stats = GenerationStats(prompt_tokens=self.prompt_tokens(messages), completion_tokens=len(words),
+                                          ttft_s=0.1, total_s=0.1 + (len(words) - 1) / 50, finish_reason="stop")
+        yield " ".join(words)
+
+
+def _rec(id, task, source, split, prompt, reference, key, inputs, **meta):
+    return record(id=id, task=task, source=source, licence="CC BY 4.0", split=split, prompt=prompt,
+                  reference=reference, key_text=key, inputs=inputs, **meta)
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    d1, d2 = "Doctor: Any pain?\nPatient: My knee hurts.", "Doctor: Allergies?\nPatient: Penicillin."
+    ctx = ["RESULTS: It helped."]
+    test = [
+        _rec("mts-dialog/test1/0", "summarize", "mts-dialog", "test", summary_messages(d1, "CC"), "Knee pain.", d1,
+             {"dialogue": d1, "section": "CC"}, suite="mts-test1"),
+        _rec("mts-dialog/test1/1", "summarize", "mts-dialog", "test", summary_messages(d2, "ALLERGY"),
+             "Allergic to penicillin.", d2, {"dialogue": d2, "section": "ALLERGY"}, suite="mts-test1"),
+        _rec("mts-dialog/test2/0", "summarize", "mts-dialog", "test", summary_messages(d2, "ALLERGY"),
+             "Penicillin.", d2, {"dialogue": d2, "section": "ALLERGY"}, suite="mts-test2"),
+        _rec("pubmedqa/test/1", "pubmedqa", "pubmedqa", "test", formats.pubmedqa_messages("Does A work?", ctx),
+             "Yes. A works.", "Does A work?", {"question": "Does A work?", "contexts": ctx}, label="yes", suite="pubmedqa"),
+        _rec("pubmedqa/test/2", "pubmedqa", "pubmedqa", "test", formats.pubmedqa_messages("Does B work?", ctx),
+             "No. B fails.", "Does B work?", {"question": "Does B work?", "contexts": ctx}, label="no", suite="pubmedqa"),
+        _rec("meqsum/test/1", "question_summary", "meqsum", "test", formats.question_summary_messages("who makes x?"),
+             "Who makes x?", "who makes x?", {"question": "who makes x?"}, suite="meqsum"),
+        _rec("medquad/test/1", "answer", "medquad", "test", answer_messages("What is gout?"),
+             "Gout is arthritis.", "What is gout?", {"question": "What is gout?"}, suite="medquad"),
+    ]
+    valid = [_rec("medquad/valid/1", "answer", "medquad", "valid", answer_messages("What is flu?"),
+                  "Flu is a viral infection.", "What is flu?", {"question": "What is flu?"})]
+    out = tmp_path / "data"
+    out.mkdir()
+    for name, rows in (("test", test), ("valid", valid)):
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+REPLIES = {
+    "knee hurts": "Knee pain.",  # exact: 100
+    "Penicillin": "Headache.",  # disjoint: 0
+    "Does A work": "Yes, it does.",  # right label
+    "Does B work": "Maybe.",  # wrong label
+    "who makes x": "Who makes x?",
+    "gout": "Gout is a kind of arthritis.",
+}
+
+
+def _run(data: Path, out: Path, *extra: str, backend=None):
+    args = evaluate.parser().parse_args(["--data", str(data), "--out", str(out), *extra])
+    args.argv = []
+    backend = backend or CannedBackend(REPLIES)
+    return evaluate.evaluate(args, backend=backend), backend
+
+
+def test_end_to_end_metrics_and_outputs(data, tmp_path):
+    out = tmp_path / "runs" / "eval" / "canned.json"
+    result, backend = _run(data, out, "--suites", "mts-test1,pubmedqa,meqsum,medquad", "--label", "canned")
+    saved = json.loads(out.read_text())
+    assert saved == result
+    s = saved["suites"]
+    assert s["mts-test1"]["n"] == 2 and s["mts-test1"]["rouge1"] == pytest.approx(50)  # mean of 100 and 0
+    assert s["pubmedqa"]["accuracy"] == pytest.approx(50)
+    assert s["pubmedqa"]["predicted_labels"] == {"yes": 1, "maybe": 1}
+    assert s["meqsum"]["rouge1"] == pytest.approx(100)
+    assert 0 < s["medquad"]["rouge1"] < 100
+    assert "mts-test2" not in s and not saved["limited"]
+    assert saved["decode_tokens_per_s"] == pytest.approx(50)
+    # the runtime's prompts: system prompt plus the readable section title
+    first = backend.prompts[0]
+    assert first[0]["role"] == "system" and "'Chief Complaint'" in first[-1]["content"]
+
+    preds = [json.loads(l) for l in out.with_suffix(".predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in preds][:2] == ["mts-dialog/test1/0", "mts-dialog/test1/1"]
+    assert preds[0]["prediction"] == "Knee pain." and preds[0]["rouge"]["rouge1"] == 100
+
+    summary = (out.parent / "summary.md").read_text().splitlines()
+    assert summary[0].startswith("| label |") and len(summary) == 3
+    assert "| canned |" in summary[2] and "50.0 / 50.0 / 50.0" in summary[2] and "| 50.0 |" in summary[2]
+
+
+def test_summary_rows_are_updated_by_label(data, tmp_path):
+    out = tmp_path / "eval" / "a.json"
+    _run(data, out, "--suites", "meqsum", "--label", "a")
+    _run(data, out.with_name("b.json"), "--suites", "meqsum", "--label", "b")
+    _run(data, out, "--suites", "meqsum,mts-test2", "--label", "a")
+    rows = (out.parent / "summary.md").read_text().splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["a", "b"]
+    assert "0.0 / 0.0 / 0.0" in rows[0]  # a's rerun, now with mts-test2
+
+
+def test_limit_and_issue_baseline_prompt(data, tmp_path):
+    out = tmp_path / "eval" / "base.json"
+    result, backend = _run(data, out, "--suites", "mts-test1", "--limit", "1", "--prompt-style", "issue-baseline")
+    assert result["limited"] and result["limit"] == 1 and result["suites"]["mts-test1"]["n"] == 1
+    assert result["label"].endswith("issue-baseline-limit1")
+    (prompt,) = backend.prompts
+    assert prompt == [{"role": "user", "content": "Summarize the following doctor-patient conversation as the 'CC' "
+                       "section of a clinical note.\n\nDoctor: Any pain?\nPatient: My knee hurts."}]
+
+
+def test_max_tokens_reaches_the_backend(data, tmp_path):
+    result, _ = _run(data, tmp_path / "e" / "short.json", "--suites", "medquad", "--max-tokens", "2")
+    assert result["suites"]["medquad"]["mean_completion_tokens"] == 2
+
+
+def test_perplexity_suite(data, tmp_path, tiny_llama_dir):
+    out = tmp_path / "eval" / "ppl.json"
+    args = evaluate.parser().parse_args(["--model", str(tiny_llama_dir), "--data", str(data), "--out", str(out),
+                                         "--suites", "ppl", "--label", "tiny"])
+    args.argv = []
+    result = evaluate.evaluate(args)
+    ppl = result["suites"]["ppl"]
+    assert ppl["tokens"] > 0 and ppl["ppl"] > 1 and set(ppl["by_source"]) == {"medquad"}
+    assert result["size"]["model_bytes"] > 0
+
+
+def test_plot(data, tmp_path):
+    out = tmp_path / "eval" / "x.json"
+    _run(data, out, "--suites", "mts-test1,pubmedqa", "--label", "x")
+    _run(data, out.with_name("y.json"), "--suites", "mts-test1", "--label", "y")
+    png = tmp_path / "eval.png"
+    assert evaluate.main(["plot", str(out), str(out.with_name("y.json")), "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
