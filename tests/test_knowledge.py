@@ -1,0 +1,147 @@
+"""Local knowledge base (assistant/knowledge.py): built from a tiny hand-made file,
+plus one check on the shipped KB."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from assistant.knowledge import DEFAULT_KB, KnowledgeBase, Passage, fts_query
+from finetune.build_kb import chunk, collection_name, split_of
+
+PASSAGES = [
+    ("GARD/1", "Glaucoma: symptoms", "Glaucoma often has no early symptoms. Over time it causes loss of side vision "
+     "and, without treatment, blindness. Eye pressure may be raised."),
+    ("GARD/1", "Glaucoma: treatment", "Eye drops that lower eye pressure are the usual first treatment for glaucoma; "
+     "laser treatment and surgery are other options."),
+    ("NIDDK/7", "Diabetes: information", "Diabetes is a disease in which blood glucose, also called blood sugar, is too "
+     "high. Insulin helps glucose get into cells."),
+    ("NHLBI/3", "High Blood Pressure: information", "High blood pressure is a common disease in which blood flows "
+     "through blood vessels at higher than normal pressures."),
+    ("CDC/9", "Lyme disease: causes", "Lyme disease is caused by the bacterium Borrelia burgdorferi and is "
+     "transmitted to humans through the bite of infected blacklegged ticks."),
+]
+
+
+def write_kb(path, rows=PASSAGES):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for i, (doc_id, title, text) in enumerate(rows):
+            f.write(json.dumps({"id": i, "doc_id": doc_id, "source": doc_id.split("/")[0],
+                                "url": f"https://example.org/{i}", "title": title, "text": text}) + "\n")
+    return path
+
+
+@pytest.fixture
+def kb(tmp_path):
+    kb = KnowledgeBase(write_kb(tmp_path / "kb.jsonl.gz"), cache_dir=tmp_path / "cache", min_coverage=0.75)
+    yield kb
+    kb.close()
+
+
+def test_search_ranks_the_matching_passage_first(kb):
+    hits = kb.search("What are the symptoms of glaucoma?", k=3)
+    assert hits and isinstance(hits[0], Passage)
+    assert hits[0].title == "Glaucoma: symptoms"
+    assert hits[0].doc_id == "GARD/1" and hits[0].source == "GARD" and hits[0].url.startswith("https://")
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert kb.search("ticks bite bacterium")[0].doc_id == "CDC/9"
+
+
+def test_porter_stemming(kb):
+    assert kb.search("treating glaucoma with drops")[0].title == "Glaucoma: treatment"
+
+
+def test_k_limits_results(kb):
+    assert len(kb.search("disease blood pressure glaucoma diabetes", k=2)) == 2
+    assert kb.search("glaucoma", k=0) == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    ['glaucoma"', 'NEAR(glaucoma eye)', "glaucoma AND OR NOT", "title:glaucoma", "gla*", "-glaucoma",
+     "(((", "'; DROP TABLE passages; --", "glaucoma^2 {eye}", "\u00e9t\u00e9 \u2014 \U0001f600"],
+)
+def test_odd_queries_never_raise(kb, query):
+    kb.search(query)  # any FTS5 syntax error would raise sqlite3.OperationalError
+
+
+def test_fts_query_sanitization():
+    assert fts_query("What ARE the symptoms of Glaucoma?!") == '"symptoms" OR "glaucoma"'
+    assert fts_query('NEAR("x" -y*) title:eye') == '"near" OR "title" OR "eye"'
+    assert fts_query("what is it?") == ""  # only stop words
+
+
+def test_empty_and_stopword_queries(kb):
+    assert kb.search("") == []
+    assert kb.search("what is the") == []
+    assert not kb.is_relevant([])
+
+
+def test_relevance_threshold(kb):
+    hits = kb.search("What are the symptoms of glaucoma?")
+    assert hits[0].coverage == pytest.approx(1.0)
+    assert kb.is_relevant(hits)
+    off = kb.search("What is the capital of France and its blood vessels?")
+    assert off and off[0].coverage < 0.75  # matches "blood vessels", but not the rest
+    assert not kb.is_relevant(off)
+    assert not kb.is_relevant(kb.search("who won the football world cup"))
+
+
+def test_cache_is_reused_and_rebuilt_on_hash_change(tmp_path):
+    src, cache = tmp_path / "kb.jsonl.gz", tmp_path / "cache"
+    kb1 = KnowledgeBase(write_kb(src), cache_dir=cache)
+    first = kb1.db_path
+    kb1.close()
+    assert first.exists() and first.name.startswith("kb-")
+    mtime = first.stat().st_mtime_ns
+    kb2 = KnowledgeBase(src, cache_dir=cache)
+    assert kb2.db_path == first and first.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    kb2.close()
+
+    write_kb(src, PASSAGES + [("X/1", "Scurvy: causes", "Scurvy is caused by a lack of vitamin C.")])
+    kb3 = KnowledgeBase(src, cache_dir=cache)
+    assert kb3.db_path != first and not first.exists()  # new index, stale one removed
+    assert kb3.search("scurvy vitamin")[0].doc_id == "X/1"
+    assert len(kb3) == len(PASSAGES) + 1
+    kb3.close()
+
+
+def test_cache_dir_follows_xdg(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    kb = KnowledgeBase(write_kb(tmp_path / "kb.jsonl.gz"))
+    assert kb.db_path.parent == tmp_path / "xdg" / "health-assistant"
+    kb.close()
+
+
+def test_chunking_respects_sentences_and_size():
+    sentence = "This sentence has exactly eight words in it."
+    parts = chunk("  ".join([sentence] * 60))  # 480 words
+    assert len(parts) >= 3
+    for p in parts:
+        assert 100 <= len(p.split()) <= 200 and p.endswith(".")
+    assert chunk("What is X?  X is a short answer.") == ["X is a short answer."]  # GARD question heading dropped
+
+
+def test_split_is_deterministic_and_roughly_80_10_10():
+    keys = [f"focus {i}" for i in range(3000)]
+    splits = [split_of(k) for k in keys]
+    assert splits == [split_of(k) for k in keys]
+    share = {s: splits.count(s) / len(splits) for s in ("train", "valid", "test")}
+    assert 0.77 < share["train"] < 0.83 and 0.08 < share["valid"] < 0.12 and 0.08 < share["test"] < 0.12
+    assert collection_name("8_NHLBI_QA_XML") == "NHLBI" and collection_name("2_GARD_QA") == "GARD"
+
+
+def test_shipped_kb(tmp_path):
+    assert DEFAULT_KB.exists()
+    assert DEFAULT_KB.stat().st_size < 15 * 1024 * 1024
+    kb = KnowledgeBase(DEFAULT_KB, cache_dir=tmp_path)
+    assert len(kb) > 10_000
+    hits = kb.search("What are the symptoms of glaucoma?", k=3)
+    assert any("glaucoma" in h.title.lower() for h in hits)
+    assert kb.is_relevant(hits)
+    assert not kb.is_relevant(kb.search("What is the capital of France?"))
+    kb.close()
+    splits = json.loads((DEFAULT_KB.parent / "splits.json").read_text())
+    assert set(splits["documents"].values()) == {"train", "valid", "test"}
+    assert (DEFAULT_KB.parent / "ATTRIBUTION.md").read_text().count("CC BY 4.0") >= 1
