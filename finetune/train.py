@@ -1,0 +1,628 @@
+"""LoRA fine-tuning of the assistant's model: one loop you can read in one sitting.
+
+    python -m finetune.train --config finetune/configs/default.toml \
+        [--limit N] [--max-steps N] [--resume] [--stop-after N] [--out runs/NAME]
+
+Data: JSONL lines with a `messages` list (system, user, assistant) and a `source`;
+the last message is the target. Sources are mixed per `[data.mix]` in the config.
+Only the answer tokens and the `<|im_end|>` that closes them are supervised, so
+the model learns to answer and to stop.
+
+Speed: the LM head (49,152 x 576) is the largest matmul of this model. The loss
+runs the decoder, keeps the hidden states whose next token is supervised, and
+applies the head there only: ~1.4x the tokens/s of a plain HF Trainer on 2 CPU
+cores (`python -m finetune.bench_trainer` measures it). LoRA dropout costs ~15 %
+of a CPU step (its random masks), hence 0 in the recipes.
+
+Resume: a checkpoint (every `ckpt_every` steps, written to a temporary directory
+and renamed, last `keep_ckpts` kept) holds the adapter, optimizer, scheduler and
+RNG states. The data order is a pure function of (seed, epoch), so the step
+number is the data position; `--resume` continues with the same next batch and
+the same loss trajectory as an uninterrupted run (tested on one process).
+`--stop-after N` saves a checkpoint at step N and exits, to split a long run
+into sessions.
+
+GPU: the same command runs on a GPU (picked automatically; bf16 autocast there).
+Several GPUs: launch the same module through accelerate or torchrun,
+
+    accelerate launch --num_processes 4 -m finetune.train --config ...
+    torchrun --nproc_per_node 4 -m finetune.train --config ...
+
+Each process takes every world_size-th micro-batch, so one optimizer step sees
+batch_size * grad_accum * world_size examples; the loss is the mean over all
+supervised tokens of the step, across processes.
+
+Outputs in --out (default runs/<config name>): metrics.jsonl (one line per step
+and per evaluation), checkpoints/step-NNNNNN/, and final/ with
+adapter_model.safetensors + adapter_config.json + recipe.json: what ships under
+data/adapters/<name>/ (assistant/build_model.py turns it into a GGUF).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+DEFAULTS = {
+    "name": "run",
+    "seed": 1234,
+    "model": {"name": "smollm2-135m-instruct"},
+    "data": {
+        "train": "build/data/v1/train.jsonl",
+        "valid": "build/data/v1/valid.jsonl",
+        "max_seq_len": 512,
+        # per source: cap = most distinct examples used, repeat = times each is
+        # seen per epoch (0.5: a random half). "default" covers unlisted sources.
+        "mix": {"default": {"repeat": 1.0}},
+    },
+    "lora": {
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.0,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "use_rslora": False,
+    },
+    "train": {
+        "lr": 2e-4,
+        "min_lr_ratio": 0.1,
+        "warmup_steps": 20,
+        "weight_decay": 0.0,
+        "betas": [0.9, 0.999],
+        "epochs": 1.0,
+        "max_steps": 0,  # > 0 overrides epochs
+        "batch_size": 4,  # examples per micro-batch, at most
+        "batch_tokens": 0,  # > 0: also at most this many tokens per micro-batch, padding included
+        "grad_accum": 4,
+        "grad_clip": 1.0,
+        "bucket_batches": 64,  # length-sort within chunks of this many batches
+        "eval_every": 50,
+        "eval_batches": 16,
+        "ckpt_every": 50,
+        "keep_ckpts": 2,
+    },
+}
+
+
+# --------------------------------------------------------------------- config
+
+def _merge(base: dict, over: dict, where: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if key not in base and where != "data.mix":  # typos must not pass silently
+            raise ValueError(f"unknown config key {where + '.' if where else ''}{key}")
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = _merge(base[key], value, f"{where}.{key}".lstrip("."))
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    with open(path, "rb") as f:
+        cfg = _merge(DEFAULTS, tomllib.load(f))
+    return _merge(cfg, overrides or {})
+
+
+# ---------------------------------------------------------------------- model
+
+def load_base(name: str):
+    """(model, tokenizer) for a model name, .gguf file or HF directory, fp32."""
+    from assistant.backends.base import BackendError
+    from assistant.backends.hf import dequantized_cache_dir, load_model_and_tokenizer
+    from assistant.models import resolve
+
+    spec = resolve(name)
+    try:
+        model, tokenizer = load_model_and_tokenizer(spec)
+    except BackendError as exc:
+        # transformers 5 marks a dequantized GGUF as quantized and refuses to save
+        # it, which breaks hf.py's cache: prime that cache with the plain weights.
+        if spec.kind != "gguf" or "not serializable" not in str(exc):
+            raise
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(spec.path.parent, gguf_file=spec.path.name,
+                                                     dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(spec.path.parent, gguf_file=spec.path.name)
+        _drop_gguf_quantizer(model)
+        target = dequantized_cache_dir(spec)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if not target.exists():
+            tmp.rename(target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        model, tokenizer = load_model_and_tokenizer(spec)
+    _drop_gguf_quantizer(model)
+    return model, tokenizer
+
+
+def _drop_gguf_quantizer(model) -> None:
+    # The weights are plain fp32 after dequantization; the leftover "quantized"
+    # flag only makes PEFT, Trainer and save_pretrained take the wrong paths.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        if hasattr(module, "config") and getattr(module.config, "_is_quantized", False):
+            module.config._is_quantized = False
+
+
+def add_lora(model, lora: dict):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        target_modules=list(lora["target_modules"]), use_rslora=lora["use_rslora"],
+        bias="none", task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+class SupervisedLoss(torch.nn.Module):
+    """Summed cross-entropy over supervised tokens, LM head applied only there.
+
+    A module (not a function) so that DDP sees the forward pass it must hook.
+    """
+
+    def __init__(self, peft_model):
+        super().__init__()
+        self.peft_model = peft_model
+
+    def forward(self, input_ids, attention_mask, labels):
+        causal_lm = self.peft_model.get_base_model()
+        hidden = causal_lm.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE  # position t predicts token t+1
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])
+        return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+
+# ----------------------------------------------------------------------- data
+
+def read_jsonl(path: str | Path | list) -> list[dict]:
+    """One JSONL file, or a list of them read in order (e.g. the split plus grounded examples)."""
+    if isinstance(path, (list, tuple)):
+        return [row for p in path for row in read_jsonl(p)]
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def mix_sources(rows: list[dict], mix: dict, seed: int) -> list[dict]:
+    """Apply the per-source caps and repeats; deterministic for a seed."""
+    by_source: dict[str, list[dict]] = {}
+    for row in rows:
+        by_source.setdefault(row.get("source", "unknown"), []).append(row)
+    unknown = set(mix) - set(by_source) - {"default"}
+    if unknown:
+        print(f"note: config mixes sources absent from the data: {sorted(unknown)}", file=sys.stderr)
+    out = []
+    for source in sorted(by_source):
+        spec = {"repeat": 1.0, **mix.get(source, mix.get("default", {}))}
+        rng = random.Random(f"{seed}:{source}")
+        items = by_source[source]
+        if spec.get("cap") is not None and spec["cap"] < len(items):
+            items = rng.sample(items, spec["cap"])
+        whole, frac = divmod(float(spec["repeat"]), 1.0)
+        out += items * int(whole) + rng.sample(items, round(frac * len(items)))
+    return out
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def end_of_turn_id(tokenizer) -> int:
+    tid = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return tid if isinstance(tid, int) and tid != tokenizer.unk_token_id else tokenizer.eos_token_id
+
+
+def encode(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """(input_ids, labels): labels are IGNORE except the answer and its end-of-turn token."""
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the last message must be the assistant's answer")
+    full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
+    prompt = list(tokenizer.apply_chat_template(messages[:-1], tokenize=True, return_dict=False,
+                                                add_generation_prompt=True))
+    if full[: len(prompt)] != prompt:
+        raise ValueError("the chat template does not render the prompt as a prefix of the full chat")
+    eot = end_of_turn_id(tokenizer)
+    answer = full[len(prompt):]
+    end = len(prompt) + len(answer) - answer[::-1].index(eot)  # just after the last end-of-turn
+    # whatever the template writes after <|im_end|> (a newline) is neither trained nor needed
+    return full[:end], [IGNORE] * len(prompt) + full[len(prompt):end]
+
+
+def encode_all(tokenizer, rows: list[dict], max_seq_len: int) -> tuple[list[tuple[list[int], list[int]]], dict]:
+    examples, too_long = [], {}
+    for row in rows:
+        ids, labels = encode(tokenizer, row["messages"])
+        if len(ids) > max_seq_len:  # truncating would cut the answer or its stop token
+            source = row.get("source", "unknown")
+            too_long[source] = too_long.get(source, 0) + 1
+            continue
+        examples.append((ids, labels))
+    return examples, too_long
+
+
+def make_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, bucket: int = 64,
+                 batch_tokens: int = 0) -> list[list[int]]:
+    """Shuffle, sort by length within chunks (little padding), group, shuffle the batches.
+
+    A batch holds at most `batch_size` examples and, when `batch_tokens` > 0, at
+    most that many tokens counting padding (an example longer than that goes alone).
+    """
+    rng = random.Random(f"{seed}:epoch:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * bucket
+    batches = []
+    for i in range(0, len(order), chunk):
+        batch: list[int] = []
+        for j in sorted(order[i:i + chunk], key=lambda j: lengths[j]):
+            full = len(batch) == batch_size or (batch_tokens and (len(batch) + 1) * lengths[j] > batch_tokens)
+            if batch and full:
+                batches.append(batch)
+                batch = []
+            batch.append(j)
+        if batch:
+            batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class BatchStream:
+    """Micro-batch number g -> a batch; epochs follow each other with fresh orders."""
+
+    def __init__(self, examples, batch_size: int, seed: int, bucket: int, batch_tokens: int = 0):
+        self.examples, self.lengths = examples, [len(ids) for ids, _ in examples]
+        self._make = lambda epoch: make_batches(self.lengths, batch_size, seed, epoch, bucket, batch_tokens)
+        self._sizes: dict[int, int] = {}  # batches per epoch: with a token budget it varies a little
+        self._epoch, self._batches = None, []
+        self.per_epoch = self._size(0)
+
+    def _size(self, epoch: int) -> int:
+        if epoch not in self._sizes:
+            self._sizes[epoch] = len(self._make(epoch))
+        return self._sizes[epoch]
+
+    def __getitem__(self, g: int) -> list[tuple[list[int], list[int]]]:
+        epoch = 0
+        while g >= self._size(epoch):
+            g, epoch = g - self._size(epoch), epoch + 1
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, self._make(epoch)
+        return [self.examples[j] for j in self._batches[g]]
+
+
+def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _write_atomically(target: Path, fill) -> None:
+    tmp = target.with_name(f".tmp-{target.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, peft_model, optimizer, scheduler, fingerprint: dict, keep: int) -> Path:
+    ckpts = run_dir / "checkpoints"
+
+    def fill(tmp: Path):
+        peft_model.save_pretrained(tmp / "adapter")
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(), "fingerprint": fingerprint}, tmp / "state.pt")
+
+    target = ckpts / f"step-{step:06d}"
+    _write_atomically(target, fill)
+    for old in sorted(ckpts.glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+    return target
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((run_dir / "checkpoints").glob("step-*"))  # .tmp-* (interrupted writes) never match
+    return found[-1] if found else None
+
+
+# --------------------------------------------------------------------- train
+
+def evaluate(loss_fn, batches, pad_id: int, device) -> float | None:
+    if not batches:
+        return None
+    loss_fn.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for examples in batches:
+            batch = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
+            total += float(loss_fn(**batch))
+            count += int((batch["labels"][:, 1:] != IGNORE).sum())
+    loss_fn.train()
+    return total / count
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None = None,
+          resume: bool = False, stop_after: int | None = None, progress: bool = True) -> dict:
+    from accelerate import Accelerator
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    tc, dc = cfg["train"], cfg["data"]
+    out = Path(out)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None and not resume:
+        raise SystemExit(f"{out} already holds checkpoints: pass --resume, or a new --out")
+
+    random.seed(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    model, tokenizer = load_base(cfg["model"]["name"])
+    model = add_lora(model, cfg["lora"])
+
+    # data: mix, encode, drop over-long examples
+    rows = mix_sources(read_jsonl(dc["train"]), dc["mix"], cfg["seed"])
+    if limit:
+        rows = random.Random(f"{cfg['seed']}:limit").sample(rows, min(limit, len(rows)))
+    train_set, too_long = encode_all(tokenizer, rows, dc["max_seq_len"])
+    if not train_set:
+        raise SystemExit(f"no training example fits max_seq_len={dc['max_seq_len']}")
+    stream = BatchStream(train_set, tc["batch_size"], cfg["seed"], tc["bucket_batches"], tc["batch_tokens"])
+    per_step = tc["grad_accum"] * world  # micro-batches per optimizer step, all processes
+    total_steps = max_steps or tc["max_steps"] or math.ceil(tc["epochs"] * stream.per_epoch / per_step)
+    eval_batches = []
+    if dc.get("valid") and all(Path(p).is_file() for p in _as_list(dc["valid"])) and tc["eval_batches"] > 0:
+        valid_rows = read_jsonl(dc["valid"])
+        want = tc["eval_batches"] * tc["batch_size"]
+        valid_rows = random.Random(f"{cfg['seed']}:valid").sample(valid_rows, min(want, len(valid_rows)))
+        valid_set, _ = encode_all(tokenizer, valid_rows, dc["max_seq_len"])
+        lengths = [len(ids) for ids, _ in valid_set]
+        grouped = make_batches(lengths, tc["batch_size"], cfg["seed"], 0, batch_tokens=tc["batch_tokens"])
+        eval_batches = [[valid_set[j] for j in b] for b in grouped[: tc["eval_batches"]]]
+
+    # a checkpoint is only meaningful for the same data order and step size
+    fingerprint = {"examples": len(train_set), "batches_per_epoch": stream.per_epoch,
+                   "batch_size": tc["batch_size"], "batch_tokens": tc["batch_tokens"],
+                   "grad_accum": tc["grad_accum"], "world_size": world,
+                   "seed": cfg["seed"], "total_steps": total_steps}
+    state = None
+    if ckpt is not None:
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise SystemExit(f"cannot resume from {ckpt}: the run changed: {state['fingerprint']} -> {fingerprint}")
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
+
+    loss_fn = accelerator.prepare(SupervisedLoss(model))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc["lr"], betas=tuple(tc["betas"]), weight_decay=tc["weight_decay"])
+    # stepped by hand: accelerate's scheduler wrapper would step it once per process
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(tc["warmup_steps"], total_steps, tc["min_lr_ratio"]))
+    step = 0
+    metrics_path = out / "metrics.jsonl"
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        step = state["step"]
+        if main and metrics_path.exists():  # forget what was logged after the checkpoint
+            kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    trainable = sum(p.numel() for p in params)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg, indent=2))
+        print(f"{len(train_set)} examples ({sum(stream.lengths):,} tokens, {stream.per_epoch} batches/epoch), "
+              f"dropped over {dc['max_seq_len']} tokens: {too_long or 0}; {trainable:,} trainable parameters; "
+              f"{total_steps} steps of {tc['batch_size']}x{per_step}; device {accelerator.device}"
+              + (f"; resuming at step {step}" if step else ""), file=sys.stderr)
+    log = open(metrics_path, "a") if main else None
+
+    def record(entry: dict) -> None:
+        if log:
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+
+    pad_id = tokenizer.pad_token_id
+    device = accelerator.device
+    bar = tqdm(total=total_steps, initial=step, disable=not (main and progress), dynamic_ncols=True)
+    tokens_seen = supervised_seen = 0
+    timed_tokens = timed_supervised = timed_seconds = 0.0
+    eval_loss, session_steps = None, 0
+    if step == 0 and eval_batches and tc["eval_every"] > 0:
+        eval_loss = evaluate(loss_fn, eval_batches, pad_id, device)
+        record({"step": 0, "eval_loss": eval_loss})
+    loss_fn.train()
+    while step < total_steps:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        first = step * per_step + rank
+        micro = [collate(stream[first + i * world], pad_id) for i in range(tc["grad_accum"])]
+        # normalise by the step's supervised tokens over all processes: a token mean, not a batch mean
+        counts = torch.tensor([sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro),
+                               sum(int(b["attention_mask"].sum()) for b in micro)], device=device)
+        n_supervised, n_tokens = (int(x) for x in accelerator.reduce(counts, "sum"))
+        loss_sum = 0.0
+        for i, batch in enumerate(micro):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            last = i == len(micro) - 1
+            with nullcontext() if last else accelerator.no_sync(loss_fn):
+                loss = loss_fn(**batch)
+                accelerator.backward(loss * world / n_supervised)  # DDP averages over processes
+            loss_sum += float(loss.detach())
+        grad_norm = float(accelerator.clip_grad_norm_(params, tc["grad_clip"]))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        train_loss = float(accelerator.reduce(torch.tensor(loss_sum, device=device), "sum")) / n_supervised
+        tokens_seen += n_tokens
+        supervised_seen += n_supervised
+        session_steps += 1
+        if session_steps > 1:  # the first step of a session pays for warm-up
+            timed_tokens, timed_supervised, timed_seconds = (
+                timed_tokens + n_tokens, timed_supervised + n_supervised, timed_seconds + seconds)
+        record({"step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens,
+                "supervised_tokens": n_supervised, "seconds": round(seconds, 4),
+                "cpu_seconds": round(cpu_seconds, 4),
+                "epoch": round(step * per_step / stream.per_epoch, 4)})
+        rate = timed_tokens / timed_seconds if timed_seconds else n_tokens / seconds
+        sup_rate = timed_supervised / timed_seconds if timed_seconds else n_supervised / seconds
+        bar.set_postfix_str(f"loss {train_loss:.3f} | {rate:,.0f} tok/s ({sup_rate:,.0f} supervised)")
+        bar.update(1)
+
+        if eval_batches and tc["eval_every"] > 0 and (step % tc["eval_every"] == 0 or step == total_steps):
+            eval_loss = evaluate(loss_fn, eval_batches, pad_id, device)
+            record({"step": step, "eval_loss": eval_loss})
+            bar.write(f"step {step}: eval loss {eval_loss:.4f}")
+        stopping = stop_after is not None and step >= stop_after and step < total_steps
+        # the last step is checkpointed too, so that --resume on a finished run changes nothing
+        if main and (step % tc["ckpt_every"] == 0 or stopping or step == total_steps):
+            save_checkpoint(out, step, accelerator.unwrap_model(loss_fn).peft_model, optimizer, scheduler,
+                            fingerprint, tc["keep_ckpts"])
+        if stopping:
+            break
+    bar.close()
+    if log:
+        log.close()
+    accelerator.wait_for_everyone()
+
+    summary = {"step": step, "total_steps": total_steps, "eval_loss": eval_loss,
+               "tokens_per_s": timed_tokens / timed_seconds if timed_seconds else None,
+               "supervised_tokens_per_s": timed_supervised / timed_seconds if timed_seconds else None,
+               "tokens_this_session": tokens_seen, "supervised_tokens_this_session": supervised_seen,
+               "examples": len(train_set), "dropped_too_long": too_long}
+    if step >= total_steps:
+        summary["final"] = str(out / "final")
+    if step >= total_steps and session_steps and main:
+        _save_final(out, accelerator.unwrap_model(loss_fn).peft_model, cfg, rows, train_set, too_long,
+                    total_steps, eval_loss, metrics_path)
+    if main:
+        print(json.dumps(summary), file=sys.stderr)
+    return summary
+
+
+def _save_final(out: Path, peft_model, cfg, rows, train_set, too_long, steps, eval_loss, metrics_path) -> None:
+    entries = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    per_source: dict[str, int] = {}
+    for row in rows:
+        per_source[row.get("source", "unknown")] = per_source.get(row.get("source", "unknown"), 0) + 1
+    train_paths = [Path(p) for p in _as_list(cfg["data"]["train"])]
+    recipe = {
+        "name": cfg["name"],
+        "base_model": cfg["model"]["name"],
+        "config": cfg,
+        "data": {"train": [str(p) for p in train_paths], "train_sha256": [_sha256(p) for p in train_paths],
+                 "examples_per_epoch": len(train_set), "mix_rows_per_source": per_source,
+                 "dropped_too_long": too_long},
+        "steps": steps,
+        "tokens": sum(e.get("tokens", 0) for e in entries),
+        "supervised_tokens": sum(e.get("supervised_tokens", 0) for e in entries),
+        "train_seconds": round(sum(e.get("seconds", 0) for e in entries), 1),
+        "final_eval_loss": eval_loss,
+        "git_commit": _git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+    def fill(tmp: Path):
+        peft_model.save_pretrained(tmp)
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model card
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+
+    _write_atomically(out / "final", fill)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m finetune.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="a TOML recipe, e.g. finetune/configs/default.toml")
+    parser.add_argument("--limit", type=int, help="use only N training examples (a seeded sample of the mix)")
+    parser.add_argument("--max-steps", type=int, help="train N optimizer steps (overrides the recipe's length)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--stop-after", type=int, help="save a checkpoint at step N and exit (resume later)")
+    parser.add_argument("--out", help="run directory (default runs/<config name>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    out = Path(args.out or f"runs/{cfg['name']}")
+    return train(cfg, out, limit=args.limit, max_steps=args.max_steps, resume=args.resume,
+                 stop_after=args.stop_after, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    main()

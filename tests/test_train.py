@@ -1,0 +1,198 @@
+"""The LoRA trainer on a tiny random llama (real tokenizer and chat template)."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune import train as T
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEM = {"role": "system", "content": "You are a careful health assistant."}
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from assistant.backends.hf import dequantized_cache_dir
+    from assistant.models import resolve
+
+    spec = resolve("smollm2-135m-instruct")
+    cached = dequantized_cache_dir(spec)
+    if (cached / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(cached)
+    return AutoTokenizer.from_pretrained(spec.path.parent, gguf_file=spec.path.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _example(i: int, source: str, words: int) -> dict:
+    rng = random.Random(i)
+    vocab = ["pain", "fever", "cough", "blood", "pressure", "daily", "doctor", "patient", "since", "week"]
+    text = " ".join(rng.choice(vocab) for _ in range(words))
+    return {"id": f"{source}/{i}", "task": "t", "source": source, "licence": "CC BY 4.0", "split": "train",
+            "messages": [SYSTEM, {"role": "user", "content": f"Summarize: {text}"},
+                         {"role": "assistant", "content": f"Answer {i}: {text[: words * 2]}"}],
+            "reference": "", "meta": {}}
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("data")
+    train = [_example(i, "alpha" if i % 3 else "beta", 5 + 7 * (i % 9)) for i in range(40)]
+    train.append(_example(99, "alpha", 400))  # longer than max_seq_len: dropped and counted
+    valid = [_example(100 + i, "alpha", 10 + i) for i in range(8)]
+    for name, rows in (("train", train), ("valid", valid)):
+        (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return directory
+
+
+def _config(tiny_model_dir, data_dir, **train) -> dict:
+    over = {"name": "tiny", "seed": 7, "model": {"name": str(tiny_model_dir)},
+            "data": {"train": str(data_dir / "train.jsonl"), "valid": str(data_dir / "valid.jsonl"),
+                     "max_seq_len": 200},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.1},  # dropout > 0: resume must restore the RNG
+            "train": {"lr": 1e-2, "warmup_steps": 2, "max_steps": 6, "batch_size": 3, "grad_accum": 2,
+                      "eval_every": 3, "eval_batches": 2, "ckpt_every": 2, "keep_ckpts": 2, **train}}
+    return T.load_config(REPO / "finetune/configs/smoke.toml", over)
+
+
+def test_configs_parse():
+    for path in sorted((REPO / "finetune/configs").glob("*.toml")):
+        cfg = T.load_config(path)
+        assert cfg["lora"]["r"] > 0 and cfg["train"]["batch_size"] > 0, path
+    with pytest.raises(ValueError, match="unknown config key train.lerning_rate"):
+        T._merge(T.DEFAULTS, {"train": {"lerning_rate": 1.0}})
+
+
+def test_labels_cover_exactly_the_answer_and_its_end_token(tokenizer):
+    messages = [SYSTEM, {"role": "user", "content": "Is a fever of 38.5 C dangerous?"},
+                {"role": "assistant", "content": "Usually not, in adults. Drink fluids and rest."}]
+    ids, labels = T.encode(tokenizer, messages)
+    assert len(ids) == len(labels)
+    supervised = [t for t, lab in zip(ids, labels) if lab != T.IGNORE]
+    assert supervised == [lab for lab in labels if lab != T.IGNORE]
+    assert tokenizer.decode(supervised) == "Usually not, in adults. Drink fluids and rest.<|im_end|>"
+    first = labels.index(next(lab for lab in labels if lab != T.IGNORE))
+    assert tokenizer.decode(ids[:first]).endswith("<|im_start|>assistant\n")
+    assert all(lab == T.IGNORE for lab in labels[:first])
+    assert ids[-1] == T.end_of_turn_id(tokenizer)  # nothing after the stop token
+
+
+def test_loss_at_labelled_positions_equals_full_head_loss(tiny_model_dir, tokenizer, data_dir):
+    model, tok = T.load_base(str(tiny_model_dir))
+    model = T.add_lora(model, {**T.DEFAULTS["lora"], "dropout": 0.0})
+    rows = T.read_jsonl(data_dir / "train.jsonl")[:4]
+    batch = T.collate([T.encode(tok, r["messages"]) for r in rows], tok.pad_token_id)
+    n = int((batch["labels"][:, 1:] != T.IGNORE).sum())
+    ours = T.SupervisedLoss(model)(**batch) / n
+    reference = model(**batch).loss  # transformers: full LM head, mean over labelled tokens
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_batches_are_bucketed_seeded_and_complete():
+    lengths = [random.Random(i).randint(5, 300) for i in range(200)]
+    b0 = T.make_batches(lengths, 4, seed=1, epoch=0, bucket=8)
+    assert b0 == T.make_batches(lengths, 4, seed=1, epoch=0, bucket=8)
+    assert b0 != T.make_batches(lengths, 4, seed=1, epoch=1, bucket=8)
+    assert sorted(i for b in b0 for i in b) == list(range(200))
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    unsorted = [list(range(k, min(k + 4, 200))) for k in range(0, 200, 4)]
+    assert padding(b0) < padding(unsorted) / 3
+
+    lengths[5] = 900  # longer than the token budget: a batch of its own
+    capped = T.make_batches(lengths, 8, seed=1, epoch=0, bucket=8, batch_tokens=600)
+    assert sorted(i for b in capped for i in b) == list(range(200))
+    assert [5] in capped
+    assert all(len(b) <= 8 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 600) for b in capped)
+    stream = T.BatchStream([([0] * n, [0] * n) for n in lengths], 8, seed=1, bucket=8, batch_tokens=600)
+    epochs = [T.make_batches(lengths, 8, 1, e, 8, 600) for e in range(3)]
+    flat = [b for e in epochs for b in e]
+    assert all(len(stream[g]) == len(flat[g]) for g in range(0, len(flat), 7))
+
+
+def test_mix_caps_and_repeats():
+    rows = [{"source": "a", "i": i} for i in range(10)] + [{"source": "b", "i": i} for i in range(10)]
+    mixed = T.mix_sources(rows, {"a": {"repeat": 2.0, "cap": 4}, "default": {"repeat": 0.5}}, seed=3)
+    a = [r["i"] for r in mixed if r["source"] == "a"]
+    b = [r["i"] for r in mixed if r["source"] == "b"]
+    assert len(a) == 8 and len(set(a)) == 4 and all(a.count(i) == 2 for i in set(a))
+    assert len(b) == 5 and len(set(b)) == 5
+    assert mixed == T.mix_sources(rows, {"a": {"repeat": 2.0, "cap": 4}, "default": {"repeat": 0.5}}, seed=3)
+
+
+def _adapter(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "final" / "adapter_model.safetensors"))
+
+
+def _losses(run: Path) -> list[float]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [e["loss"] for e in lines if "loss" in e]
+
+
+def test_resume_continues_exactly(tiny_model_dir, data_dir, tmp_path):
+    cfg = _config(tiny_model_dir, data_dir)
+    straight = T.train(cfg, tmp_path / "straight", progress=False)
+    assert straight["step"] == 6 and straight["dropped_too_long"] == {"alpha": 1}
+
+    split = tmp_path / "split"
+    first = T.train(cfg, split, stop_after=3, progress=False)
+    assert first["step"] == 3 and not (split / "final").exists()
+    assert [p.name for p in sorted((split / "checkpoints").glob("step-*"))] == ["step-000002", "step-000003"]
+    (split / "checkpoints" / ".tmp-step-000005").mkdir()  # a write cut short by a kill: never resumed from
+    with pytest.raises(SystemExit, match="--resume"):
+        T.train(cfg, split, progress=False)
+    second = T.train(cfg, split, resume=True, progress=False)
+    assert second["step"] == 6
+
+    a, b = _adapter(tmp_path / "straight"), _adapter(split)
+    assert a.keys() == b.keys() and len(a) == 2 * 7 * 2  # A and B, 7 modules, 2 layers
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert _losses(split) == pytest.approx(_losses(tmp_path / "straight"), rel=1e-5)
+    assert len(_losses(split)) == 6  # the resumed run rewrote what came after its checkpoint
+    assert [p.name for p in sorted((split / "checkpoints").glob("step-*"))] == ["step-000004", "step-000006"]
+    finished = (split / "final" / "recipe.json").read_text()
+    assert T.train(cfg, split, resume=True, progress=False)["step"] == 6  # a finished run stays as it is
+    assert (split / "final" / "recipe.json").read_text() == finished and len(_losses(split)) == 6
+    recipe = json.loads((split / "final" / "recipe.json").read_text())
+    assert recipe["steps"] == 6 and recipe["base_model"] == str(tiny_model_dir)
+    assert {"adapter_config.json", "adapter_model.safetensors", "recipe.json"} <= {
+        p.name for p in (split / "final").iterdir()}
+
+
+def test_cli_short_run(tiny_model_dir, data_dir, tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        f'name = "cli"\n[model]\nname = "{tiny_model_dir}"\n'
+        f'[data]\ntrain = "{data_dir / "train.jsonl"}"\nvalid = "{data_dir / "valid.jsonl"}"\nmax_seq_len = 200\n'
+        '[data.mix]\nalpha = { repeat = 1.0, cap = 5 }\nbeta = { repeat = 2.0 }\n'
+        '[train]\nbatch_size = 2\ngrad_accum = 1\neval_every = 1\neval_batches = 1\nckpt_every = 1\n')
+    summary = T.main(["--config", str(config), "--limit", "9", "--max-steps", "2", "--out", str(tmp_path / "run"),
+                      "--no-progress"])
+    assert summary["step"] == 2 and summary["examples"] + sum(summary["dropped_too_long"].values()) == 9
+    entries = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in entries if "eval_loss" in e] == [0, 1, 2]
+    assert all(e["tokens"] > e["supervised_tokens"] > 0 for e in entries if "loss" in e)
