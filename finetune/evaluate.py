@@ -29,7 +29,10 @@ from assistant.backends.base import Backend, GenerationOptions, GenerationStats,
 
 from . import formats, metrics
 
-GENERATION_SUITES = ("mts-test1", "mts-test2", "aci", "meqsum", "medquad", "pubmedqa", "dialogsum")
+# "medquad" answers the way the app does (triage, retrieval, grounded prompt, sources);
+# "medquad-ungrounded" asks the model the bare question, for comparison.
+GENERATION_SUITES = ("mts-test1", "mts-test2", "aci", "meqsum", "medquad", "medquad-ungrounded",
+                     "pubmedqa", "dialogsum")
 SUITES = GENERATION_SUITES + ("ppl",)
 PROMPT_STYLES = ("runtime", "issue-baseline")
 # The prompt of the issue's baseline (R1 13.9 / R2 4.1 / RL 11.1 on test1): raw section
@@ -45,6 +48,7 @@ def suite_of(record: dict) -> str | None:
 
 
 def select(records: Sequence[dict], suite: str, limit: int | None) -> list[dict]:
+    suite = suite.removesuffix("-ungrounded")
     chosen = [r for r in records if suite_of(r) == suite]
     return chosen[:limit] if limit else chosen
 
@@ -91,22 +95,27 @@ def _stream(backend: Backend, messages: list[Message], opts: GenerationOptions) 
     return "".join(backend.stream(messages, opts)).strip()
 
 
-def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions) -> str:
-    """The model's output for one record, produced the way the app would produce it."""
+def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions,
+             suite: str = "") -> tuple[str, dict]:
+    """The model's output for one record, produced the way the app would produce it,
+    with what else the app reports (the sources an answer cites)."""
     inputs = record["meta"]["inputs"]
     if record["task"] == "summarize" and record["source"] != "dialogsum":
         if style == "issue-baseline":
             prompt = ISSUE_BASELINE.format(section=inputs["section"], dialogue=inputs["dialogue"].strip())
-            return _stream(backend, [{"role": "user", "content": prompt}], opts)
-        return tasks.summarize(backend, inputs["dialogue"], inputs["section"], options=opts).text
+            return _stream(backend, [{"role": "user", "content": prompt}], opts), {}
+        return tasks.summarize(backend, inputs["dialogue"], inputs["section"], options=opts).text, {}
     if record["task"] == "answer":
-        return tasks.answer(backend, inputs["question"], options=opts).text
+        grounded = suite != "medquad-ungrounded"
+        result = tasks.answer(backend, inputs["question"], options=opts, grounded=grounded, safety=grounded)
+        return result.text, {"sources": result.meta["sources"], "gold_url": record["meta"].get("url"),
+                             "answered_by": result.model}
     builders = {
         "question_summary": lambda: formats.question_summary_messages(inputs["question"]),
         "pubmedqa": lambda: formats.pubmedqa_messages(inputs["question"], inputs["contexts"]),
         "summarize": lambda: formats.dialogsum_messages(inputs["dialogue"]),  # dialogsum
     }
-    return _stream(backend, builders[record["task"]](), opts)
+    return _stream(backend, builders[record["task"]](), opts), {}
 
 
 def score_suite(suite: str, rows: list[dict]) -> dict:
@@ -116,6 +125,12 @@ def score_suite(suite: str, rows: list[dict]) -> dict:
         labels = [metrics.pubmedqa_label(p) for p in preds]
         out["accuracy"] = round(metrics.accuracy(labels, [r["label"] for r in rows]), 2)
         out["predicted_labels"] = dict(Counter(labels))
+    if suite == "medquad":
+        cited = [s["url"] == r["gold_url"] for r in rows for s in r.get("sources", [])]
+        out["citation_precision"] = round(100 * sum(cited) / len(cited), 1) if cited else None
+        out["answered_with_sources"] = sum(bool(r.get("sources")) for r in rows)
+        out["fixed_replies"] = dict(Counter(r["answered_by"] for r in rows if r["answered_by"] in
+                                            ("knowledge-base", "triage")))
     tokens = [r["completion_tokens"] for r in rows]
     out["mean_completion_tokens"] = round(sum(tokens) / len(tokens), 1) if tokens else 0
     out["hit_max_tokens"] = sum(r["finish_reason"] == "length" for r in rows)
@@ -128,7 +143,7 @@ def run_generation(backend: StatsRecorder, suite: str, records: list[dict], styl
     rows = []
     for i, record in enumerate(records, 1):
         before = len(backend.calls)
-        text = generate(backend, record, style, opts)
+        text, extra = generate(backend, record, style, opts, suite)
         calls = backend.calls[before:]
         row = {
             "suite": suite, "id": record["id"], "prediction": text, "reference": record["reference"],
@@ -136,6 +151,7 @@ def run_generation(backend: StatsRecorder, suite: str, records: list[dict], styl
             "finish_reason": calls[-1].finish_reason if calls else None,
             **({"label": record["meta"]["label"]} if suite == "pubmedqa" else {}),
             "rouge": {k: round(v, 2) for k, v in metrics.rouge_one(text, record["reference"]).items()},
+            **extra,
         }
         rows.append(row)
         predictions.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -123,45 +123,10 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
 
 def load_base(name: str):
     """(model, tokenizer) for a model name, .gguf file or HF directory, fp32."""
-    from assistant.backends.base import BackendError
-    from assistant.backends.hf import dequantized_cache_dir, load_model_and_tokenizer
+    from assistant.backends.hf import load_model_and_tokenizer
     from assistant.models import resolve
 
-    spec = resolve(name)
-    try:
-        model, tokenizer = load_model_and_tokenizer(spec)
-    except BackendError as exc:
-        # transformers 5 marks a dequantized GGUF as quantized and refuses to save
-        # it, which breaks hf.py's cache: prime that cache with the plain weights.
-        if spec.kind != "gguf" or "not serializable" not in str(exc):
-            raise
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(spec.path.parent, gguf_file=spec.path.name,
-                                                     dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(spec.path.parent, gguf_file=spec.path.name)
-        _drop_gguf_quantizer(model)
-        target = dequantized_cache_dir(spec)
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if not target.exists():
-            tmp.rename(target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        model, tokenizer = load_model_and_tokenizer(spec)
-    _drop_gguf_quantizer(model)
-    return model, tokenizer
-
-
-def _drop_gguf_quantizer(model) -> None:
-    # The weights are plain fp32 after dequantization; the leftover "quantized"
-    # flag only makes PEFT, Trainer and save_pretrained take the wrong paths.
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        quantizer.remove_quantization_config(model)
-    for module in model.modules():
-        if hasattr(module, "config") and getattr(module.config, "_is_quantized", False):
-            module.config._is_quantized = False
+    return load_model_and_tokenizer(resolve(name))
 
 
 def add_lora(model, lora: dict):

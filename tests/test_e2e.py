@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from assistant.models import DEFAULT_MODEL
+
 pytestmark = pytest.mark.e2e
 ASSISTANT = Path(sys.executable).parent / "assistant"
 
@@ -39,7 +41,7 @@ def test_summarize_batch_on_the_real_model(tmp_path):
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert [x["id"] for x in rows] == ["v1", "v2"]
     for row in rows:
-        assert row["model"] == "smollm2-135m-instruct"
+        assert row["model"] == DEFAULT_MODEL
         assert row["summary"].strip()
         assert 0 < row["completion_tokens"] <= 48 and row["prompt_tokens"] > 20
     # a second run resumes: nothing left to do
@@ -51,4 +53,5 @@ def test_models_lists_the_embedded_model(tmp_path):
     r = run(["models", "list", "--json"], tmp_path)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
-    assert rows[0]["name"] == "smollm2-135m-instruct" and rows[0]["quantization"] == "Q4_1"
+    assert rows[0]["name"] == DEFAULT_MODEL
+    assert rows[-1]["name"] == "smollm2-135m-instruct" and rows[-1]["quantization"] == "Q4_1"

@@ -10,7 +10,18 @@ from assistant.models import ModelError, resolve
 def test_embedded_model_resolves_to_the_packaged_gguf():
     spec = resolve("smollm2-135m-instruct")
     assert spec.kind == "gguf" and spec.path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert resolve(None) == spec  # the default
+
+
+def test_default_is_the_tuned_model_when_its_adapter_ships():
+    shipped = (models.tuned_adapter_dir() / "adapter_config.json").is_file()
+    assert models.DEFAULT_MODEL == (models.TUNED_NAME if shipped else models.EMBEDDED_NAME)
+    assert [n for n, _ in models.available()][-1] == models.EMBEDDED_NAME
+
+
+def test_tuned_model_without_its_adapter_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "tuned_adapter_dir", lambda: tmp_path / "missing")
+    with pytest.raises(ModelError, match="not shipped"):
+        resolve(models.TUNED_NAME)
 
 
 def test_embedded_model_info():

@@ -48,6 +48,7 @@ def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adap
                     spec.path.parent, gguf_file=spec.path.name, dtype=torch_dtype
                 )
                 tokenizer = AutoTokenizer.from_pretrained(spec.path.parent, gguf_file=spec.path.name)
+                drop_gguf_quantizer(model)
                 _save_atomically(model, tokenizer, cached)
         else:
             where = str(spec.path) if spec.path else spec.hub_id
@@ -68,17 +69,22 @@ def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adap
     return model, tokenizer
 
 
+def drop_gguf_quantizer(model) -> None:
+    """The weights are plain floats once dequantized; the leftover "quantized"
+    flag only makes save_pretrained refuse and PEFT take the wrong paths."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        if hasattr(module, "config") and getattr(module.config, "_is_quantized", False):
+            module.config._is_quantized = False
+
+
 def _save_atomically(model, tokenizer, target: Path) -> None:
     import shutil
     import warnings
 
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    # The weights are plain fp32 once dequantized; the GGUF marker only
-    # stops transformers from saving them.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
