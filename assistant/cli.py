@@ -18,7 +18,7 @@ from .batch_io import OutputError, OutputWriter, Record, RecordError, read_recor
 from .cli_logs import logs
 from .models import ModelError
 from .store import Store, StoreError, open_store
-from .tasks import ANSWER_MAX_TOKENS, SUMMARY_MAX_TOKENS, TaskError, answer, summarize
+from .tasks import ANSWER_MAX_TOKENS, SUMMARY_MAX_TOKENS, TaskError, answer, summarize, summary_options
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -245,13 +245,16 @@ def ask(question, input_path, output_path, overwrite, model, adapter, backend,
 @click.option("--overwrite", is_flag=True, help="Replace an output written by a different run.")
 @model_options
 @generation_options(SUMMARY_MAX_TOKENS)
+@click.option("--repeat-penalty", type=click.FloatRange(1.0), default=None,
+              help="Penalty for repeating tokens (default 1.15, chosen on validation data).")
 @log_options
 def summarize_cmd(inputs, output_path, section, id_column, text_column, section_column, overwrite,
-                  model, adapter, backend, max_tokens, temperature, seed, no_log, db):
+                  model, adapter, backend, max_tokens, temperature, seed, repeat_penalty, no_log, db):
     """Summarize transcripts (.txt files, JSONL or CSV) into clinical-note sections."""
     if not inputs:
         fail("no input files given")
-    opts = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    opts = summary_options(max_tokens=max_tokens, temperature=temperature, seed=seed,
+                           repeat_penalty=repeat_penalty)
     columns = dict(id_column=id_column, text_column=text_column, section_column=section_column)
     if output_path is None:
         records = [r for p in inputs for r in read_records(p, "summarize", **columns)]

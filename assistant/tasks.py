@@ -27,6 +27,17 @@ ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
 
 SUMMARY_MAX_TOKENS = 256
 ANSWER_MAX_TOKENS = 384
+# Chosen on the MTS-Dialog validation split (60 dialogues, tuned model: ROUGE-1 24.5 at
+# 1.0, 29.1 at 1.15, 27.9 at 1.3): decoding greedily, a small model otherwise loops on a
+# sentence until the length limit.
+SUMMARY_REPEAT_PENALTY = 1.15
+
+
+def summary_options(**overrides) -> GenerationOptions:
+    """Generation defaults for summaries; `overrides` with a None value are ignored."""
+    values = {"max_tokens": SUMMARY_MAX_TOKENS, "repeat_penalty": SUMMARY_REPEAT_PENALTY}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return GenerationOptions(**values)
 
 
 class TaskError(ValueError):
@@ -171,7 +182,7 @@ def summarize(
 ) -> TaskResult:
     if not dialogue or not dialogue.strip():
         raise TaskError("the transcript is empty")
-    opts = options or GenerationOptions(max_tokens=SUMMARY_MAX_TOKENS)
+    opts = options or summary_options()
     budget = _budget(backend, summary_messages("", section), opts.max_tokens)
     if max_chunk_tokens:
         budget = min(budget, max_chunk_tokens)

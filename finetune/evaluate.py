@@ -104,6 +104,7 @@ def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions
         if style == "issue-baseline":
             prompt = ISSUE_BASELINE.format(section=inputs["section"], dialogue=inputs["dialogue"].strip())
             return _stream(backend, [{"role": "user", "content": prompt}], opts), {}
+        opts = tasks.summary_options(max_tokens=opts.max_tokens)  # the app's decoding settings
         return tasks.summarize(backend, inputs["dialogue"], inputs["section"], options=opts).text, {}
     if record["task"] == "answer":
         grounded = suite != "medquad-ungrounded"

@@ -71,7 +71,7 @@ def test_answer_keeps_history_and_trims_oldest_turns():
     for i in range(20):
         history += [{"role": "user", "content": f"question {i} " + "x " * 10},
                     {"role": "assistant", "content": f"answer {i} " + "y " * 10}]
-    answer(be, "latest question?", history)
+    answer(be, "latest question?", history, grounded=False, safety=False)
     sent = be.prompts[-1]
     assert sent[-1]["content"] == "latest question?"
     assert sent[0]["role"] == "system"

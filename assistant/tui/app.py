@@ -239,7 +239,7 @@ class HealthAssistantApp(App[int]):
         self._triage: Triage | None = None
         self._triage_loaded = False
         self.answer_options = answer_options or GenerationOptions(max_tokens=tasks.ANSWER_MAX_TOKENS)
-        self.summary_options = summary_options or GenerationOptions(max_tokens=tasks.SUMMARY_MAX_TOKENS)
+        self.summary_options = summary_options or tasks.summary_options()
         self.section = section
         # Extra keyword arguments of tasks.answer (knowledge=, grounded=, safety=); tests
         # pass grounded=False so a fake model's text comes back as it is.
@@ -1117,8 +1117,7 @@ def run_tui(model: str | None = None, adapter: str | Path | None = None, backend
     if max_tokens is not None or temperature or seed:
         opts["answer_options"] = GenerationOptions(max_tokens=max_tokens or tasks.ANSWER_MAX_TOKENS,
                                                    temperature=temperature, seed=seed)
-        opts["summary_options"] = GenerationOptions(max_tokens=max_tokens or tasks.SUMMARY_MAX_TOKENS,
-                                                    temperature=temperature, seed=seed)
+        opts["summary_options"] = tasks.summary_options(max_tokens=max_tokens, temperature=temperature, seed=seed)
     app = HealthAssistantApp(backend_factory=factory, store=db, model_name=name, mode=mode, **opts)
     try:
         app.run()

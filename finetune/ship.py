@@ -1,0 +1,59 @@
+"""Copy a trained adapter into data/adapters/<name>, where the runtime finds it.
+
+    python -m finetune.ship runs/health-v1 --name health-135m
+
+The adapter is stored in float16 (half the size; the runtime merges it in
+float32, and the merged weights are re-quantized to 8 bits anyway) together
+with the run's recipe.json, so the shipped delta says how it was made.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.numpy import load_file, save_file
+
+from assistant.paths import DATA_DIR
+
+FILES = ("adapter_config.json", "recipe.json")
+
+
+def ship(run: Path, name: str, dest_root: Path = DATA_DIR / "adapters") -> Path:
+    final = run / "final"
+    if not (final / "adapter_model.safetensors").is_file():
+        raise SystemExit(f"{final} holds no trained adapter (did the run finish?)")
+    dest = dest_root / name
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {k: v.astype("float16") for k, v in load_file(str(final / "adapter_model.safetensors")).items()}
+    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    for f in FILES:
+        shutil.copy2(final / f, tmp / f)
+    recipe = json.loads((tmp / "recipe.json").read_text())
+    (tmp / "README.md").write_text(
+        f"# {name}\n\nA LoRA adapter for SmolLM2-135M-Instruct (Apache-2.0), trained with "
+        f"`finetune/configs/{recipe.get('name', name)}.toml` on MTS-Dialog, MedQuAD and MeQSum "
+        "(CC BY 4.0) and PubMedQA (MIT); see `recipe.json` for the exact data, steps and figures "
+        "and `finetune/RESULTS.md` for its evaluation. Stored in float16.\n"
+    )
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--name", default="health-135m")
+    args = ap.parse_args(argv)
+    dest = ship(args.run, args.name)
+    size = sum(p.stat().st_size for p in dest.iterdir())
+    print(f"shipped {dest} ({size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
