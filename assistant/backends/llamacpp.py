@@ -47,6 +47,13 @@ class LlamaCppBackend(Backend):
             raise BackendError(f"llama.cpp could not load {spec.path}: {exc}") from exc
         self._n_ctx = min(self.llm.n_ctx(), self.llm._model.n_ctx_train() or n_ctx)
         self._formatter = self._chat_formatter()
+        self._pieces: dict[int, bytes] = {}  # token id -> its bytes, filled as tokens appear
+
+    def _is_eog_text(self, text: str) -> bool:
+        import llama_cpp
+
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return len(ids) == 1 and bool(llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, ids[0]))
 
     def _chat_formatter(self):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -96,13 +103,17 @@ class LlamaCppBackend(Backend):
             )
         max_tokens = min(opts.max_tokens, room - 1)
         clock = _StreamClock(prompt_tokens=len(tokens))
-        stop = StopMatcher(list(opts.stop) + template_stops)
+        # A template stop that is an end-of-generation token is already caught by
+        # is_eog below; leaving it out keeps the per-token path free of string scans.
+        stop = StopMatcher(list(opts.stop) + [s for s in template_stops if not self._is_eog_text(s)])
         decoder = Utf8Decoder()
         finish = "length"
         import llama_cpp
 
         model = self.llm._model
+        vocab = model.vocab
         is_eog = llama_cpp.llama_vocab_is_eog
+        pieces = self._pieces
         self.llm.set_seed(opts.seed)
         try:
             for token in self.llm.generate(
@@ -117,11 +128,14 @@ class LlamaCppBackend(Backend):
                 if cancel is not None and cancel.cancelled:
                     finish = "cancelled"
                     break
-                if is_eog(model.vocab, token):
+                if is_eog(vocab, token):
                     finish = "stop"
                     break
                 clock.token()
-                piece = stop.feed(decoder.feed(model.detokenize([token])))
+                raw = pieces.get(token)
+                if raw is None:
+                    raw = pieces[token] = model.detokenize([token])
+                piece = stop.feed(decoder.feed(raw))
                 if piece:
                     yield piece
                 if stop.stopped:
