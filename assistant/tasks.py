@@ -106,14 +106,18 @@ def grounded_answer_messages(question: str, passages: Sequence, history: Sequenc
 
 _SMALL_TALK = re.compile(
     r"^\W*(?:hi|hello|hey|good (?:morning|afternoon|evening)|thanks?(?: you)?|thank you(?: very much)?|"
-    r"bye|goodbye|ok(?:ay)?|who are you|what are you|what can you do|how are you)\b[\w\s,']{0,20}\W*$",
+    r"bye|goodbye|ok(?:ay)?|who are you|what are you|what can you do|how are you)\b"
+    # a short tail ("there", "today", "so much") but no question of its own
+    r"(?![\w\s,']*\b(?:what|why|when|where|which|can|should|does|do|is|my)\b)[\w\s,']{0,20}\W*$",
     re.IGNORECASE,
 )
 
 
 def is_small_talk(text: str) -> bool:
-    """Greetings and thanks are answered by the model directly, not from the library."""
-    return bool(_SMALL_TALK.match(text.strip()))
+    """Greetings and thanks ("Hi! How are you today?") are answered by the model
+    directly, not from the library: every sentence must be small talk."""
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
+    return bool(sentences) and all(_SMALL_TALK.match(s) for s in sentences)
 
 
 # --- chunking -------------------------------------------------------------

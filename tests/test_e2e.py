@@ -55,3 +55,14 @@ def test_models_lists_the_embedded_model(tmp_path):
     rows = json.loads(r.stdout)
     assert rows[0]["name"] == DEFAULT_MODEL
     assert rows[-1]["name"] == "smollm2-135m-instruct" and rows[-1]["quantization"] == "Q4_1"
+
+
+def test_default_model_still_chats(tmp_path):
+    """Tuning for notes and grounded answers must not break plain conversation:
+    a greeting gets a short conversational reply, not a clinical note."""
+    r = run(["ask", "Hello! How are you today?", "--max-tokens", "40", "--no-log"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    reply = r.stdout.strip()
+    assert len(reply.split()) >= 3
+    assert not reply.lower().startswith(("the patient", "patient", "no ", "denies"))
+    assert "don't know" not in reply and "Sources:" not in reply  # small talk skips the library

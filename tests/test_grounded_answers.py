@@ -82,6 +82,17 @@ def test_prescription_request_gets_general_information_and_a_referral(kb):
     assert "pharmacist" in result.text.split("\n\n")[-1]
 
 
+@pytest.mark.parametrize("text, small", [
+    ("hello", True), ("Hi! How are you today?", True), ("Thanks, bye.", True),
+    ("Hello, what causes glaucoma?", False), ("Hi. My knee hurts when I run.", False),
+    ("Hello, what is flu?", False), ("thanks, is it contagious?", False),
+])
+def test_small_talk_detection(text, small):
+    from assistant.tasks import is_small_talk
+
+    assert is_small_talk(text) is small
+
+
 def test_small_talk_is_answered_without_the_library(kb):
     be = WordBackend(reply="Hello! How can I help?")
     result = answer(be, "hello", knowledge=kb)
