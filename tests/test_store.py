@@ -216,7 +216,6 @@ def test_list_rename_archive(store):
     # ids made in the same millisecond share their time part: take the shortest unique prefix
     unique = next(n for n in range(1, len(a) + 1) if not b.startswith(a[:n]))
     assert store.get_session(a[:unique])["id"] == a
-    assert unique < len(a) or store.get_session(a)["id"] == a
     with pytest.raises(SessionNotFound):
         store.get_session("nope")
 
