@@ -714,6 +714,11 @@ class ReplyWriter:
         if self._clock() - self._last_flush >= FLUSH_INTERVAL_S:
             self.flush()
 
+    def replace(self, text: str) -> None:
+        """Set the whole reply text (a caller that assembled it some other way)."""
+        self._parts = [text]
+        self._dirty = True
+
     def flush(self) -> None:
         if self._dirty:
             text = self.text

@@ -801,8 +801,8 @@ class HealthAssistantApp(App[int]):
             self.report_error("Database error while saving the reply", job.store_error)
         final = job.view.text
         # The view may hold text that was not streamed (a summary cancelled between parts).
-        if final.strip() != writer.text.strip() and hasattr(writer, "_parts"):
-            writer._parts = [final]
+        if final.strip() != writer.text.strip():
+            writer.replace(final)
         stats_dict = stats.to_dict() if stats is not None else None
         self._db_do("saving the reply", writer.finish, stats_dict, status, meta)
 
