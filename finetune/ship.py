@@ -33,6 +33,10 @@ def ship(run: Path, name: str, dest_root: Path = DATA_DIR / "adapters") -> Path:
     for f in FILES:
         shutil.copy2(final / f, tmp / f)
     recipe = json.loads((tmp / "recipe.json").read_text())
+    # PEFT records where the base was loaded from (a local cache path); name it instead.
+    config = json.loads((tmp / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = recipe.get("base_model", config.get("base_model_name_or_path"))
+    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (tmp / "README.md").write_text(
         f"# {name}\n\nA LoRA adapter for SmolLM2-135M-Instruct (Apache-2.0), trained with "
         f"`finetune/configs/{recipe.get('name', name)}.toml` on MTS-Dialog, MedQuAD and MeQSum "
