@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import json
 import math
 import os
@@ -21,7 +20,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "kb"
+from . import paths
+from .paths import cache_home, file_sha256
+
+DATA_DIR = paths.DATA_DIR / "kb"
 DEFAULT_KB = DATA_DIR / "medquad_passages.jsonl.gz"
 CALIBRATION = "calibration.json"  # next to the passages file; written by finetune/eval_retrieval.py
 # Relevance is judged by coverage, not raw BM25: raw scores grow with query length
@@ -74,19 +76,6 @@ def fts_query(text: str) -> str:
     return " OR ".join(terms[:MAX_TERMS])
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "health-assistant"
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_index(passages_gz: Path, db_path: Path) -> None:
     """Write the FTS5 index to a temp file and move it into place, so a crash or a
     second process never sees a half-built cache."""
@@ -124,8 +113,8 @@ class KnowledgeBase:
     def __init__(self, passages_gz: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
                  min_coverage: float | None = None):
         self.path = Path(passages_gz)
-        cache = Path(cache_dir) if cache_dir else default_cache_dir()
-        digest = file_hash(self.path)[:16]
+        cache = Path(cache_dir) if cache_dir else cache_home()
+        digest = file_sha256(self.path)[:16]
         self.db_path = cache / f"kb-{digest}.sqlite"
         if not self.db_path.exists():
             build_index(self.path, self.db_path)

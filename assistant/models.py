@@ -11,7 +11,6 @@ A name is one of:
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -169,12 +168,10 @@ def info(spec: ModelSpec) -> ModelInfo:
 def _gguf_info(spec: ModelSpec) -> ModelInfo:
     # Parsing a GGUF's metadata in Python takes seconds (the vocabulary is
     # read item by item), so the result is cached per file identity.
-    from .paths import cache_home
+    from .paths import cache_home, file_key
 
     assert spec.path is not None
-    st = spec.path.stat()
-    key = hashlib.sha256(f"{spec.path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = cache_home() / "model-info" / f"{key}.json"
+    cached = cache_home() / "model-info" / f"{file_key(spec.path)}.json"
     try:
         data = json.loads(cached.read_text())
     except (OSError, json.JSONDecodeError):
@@ -184,7 +181,7 @@ def _gguf_info(spec: ModelSpec) -> ModelInfo:
             cached.write_text(json.dumps(data))
         except OSError:
             pass
-    return ModelInfo(name=spec.name, kind="gguf", source=spec.source, size_bytes=st.st_size,
+    return ModelInfo(name=spec.name, kind="gguf", source=spec.source, size_bytes=spec.path.stat().st_size,
                      extra={"adapter": str(spec.adapter) if spec.adapter else None}, **data)
 
 

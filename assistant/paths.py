@@ -1,6 +1,7 @@
 """Where things live: shipped assets in the repo, user state in XDG directories."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -27,3 +28,19 @@ def cache_home() -> Path:
 
 def config_home() -> Path:
     return _xdg("XDG_CONFIG_HOME", ".config")
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash, read in blocks (model and data files are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_key(path: Path) -> str:
+    """A cheap identity of a file (path, size, modification time) for cache names:
+    hashing a 100 MB model on every start would cost more than the cache saves."""
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]

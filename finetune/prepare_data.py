@@ -27,7 +27,6 @@ Choices (also written to the manifest):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import sys
@@ -35,6 +34,7 @@ from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 
+from assistant.paths import file_sha256
 from .sources import aci, dialogsum, medquad, meqsum, mts, pubmedqa
 
 FORMAT_VERSION = 1
@@ -140,10 +140,6 @@ def build(source: Path, *, with_dialogsum: bool = False, limit: int | None = Non
     return records, notes
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write(records: list[dict], notes: dict, out: Path, command: str, limit: int | None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
@@ -168,7 +164,7 @@ def write(records: list[dict], notes: dict, out: Path, command: str, limit: int 
         "counts": json.loads(json.dumps(counts)),
         "tokens": json.loads(json.dumps(tokens)),
         "tokenizer": "SmolLM2-135M-Instruct (chat template, generation prompt included)",
-        "files": {f"{s}.jsonl": _sha256(out / f"{s}.jsonl") for s in SPLITS},
+        "files": {f"{s}.jsonl": file_sha256(out / f"{s}.jsonl") for s in SPLITS},
         "choices": notes,
     }
     nc = [s for s, lic in licences if "NC" in lic]

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import math
 import os
@@ -56,6 +55,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from assistant.paths import file_sha256
 
 IGNORE = -100
 
@@ -369,14 +370,6 @@ def _git_commit() -> str | None:
         return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None = None,
           resume: bool = False, stop_after: int | None = None, progress: bool = True) -> dict:
     from accelerate import Accelerator
@@ -553,7 +546,7 @@ def _save_final(out: Path, peft_model, cfg, rows, train_set, too_long, steps, ev
         "name": cfg["name"],
         "base_model": cfg["model"]["name"],
         "config": cfg,
-        "data": {"train": [str(p) for p in train_paths], "train_sha256": [_sha256(p) for p in train_paths],
+        "data": {"train": [str(p) for p in train_paths], "train_sha256": [file_sha256(p) for p in train_paths],
                  "examples_per_epoch": len(train_set), "mix_rows_per_source": per_source,
                  "dropped_too_long": too_long},
         "steps": steps,

@@ -4,7 +4,6 @@ is the path training and evaluation of adapters share.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -13,15 +12,13 @@ from typing import Iterator, Sequence
 from .base import Backend, BackendError, CancelToken, GenerationOptions, Message, _StreamClock
 from .streamtext import StopMatcher
 from ..models import ModelSpec
-from ..paths import cache_home
+from ..paths import cache_home, file_key
 
 
 def dequantized_cache_dir(spec: ModelSpec) -> Path:
     """Where a GGUF's dequantized weights are kept, keyed by the file's identity."""
     assert spec.path is not None
-    st = spec.path.stat()
-    key = hashlib.sha256(f"{spec.path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_home() / "dequantized" / f"{spec.path.stem}-{key}"
+    return cache_home() / "dequantized" / f"{spec.path.stem}-{file_key(spec.path)}"
 
 
 def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adapter: bool = False):
