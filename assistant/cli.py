@@ -296,12 +296,13 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
     for path in inputs:
         for r in read_records(path, task, **columns):
             (errors if isinstance(r, RecordError) else records).append(r)
-    seen: set[str] = set()
-    for r in list(records):
-        if r.id in seen:
+    unique: dict[str, Record] = {}
+    for r in records:
+        if r.id in unique:
             errors.append(RecordError(r.source, f"duplicate id '{r.id}'"))
-            records.remove(r)
-        seen.add(r.id)
+        else:
+            unique[r.id] = r
+    records = list(unique.values())
     spec_name = model or model_registry.DEFAULT_MODEL
     identity = run_identity(task, spec_name, inputs, adapter=str(adapter) if adapter else None,
                             section=section, max_tokens=opts.max_tokens, temperature=opts.temperature)

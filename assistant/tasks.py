@@ -15,6 +15,7 @@ talks to a backend directly.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -70,8 +71,7 @@ def _run(backend: Backend, messages: Sequence[Message], options: GenerationOptio
 
 def _add(total: GenerationStats | None, stats: GenerationStats) -> GenerationStats:
     if total is None:
-        return GenerationStats(**{k: getattr(stats, k) for k in
-                                  ("prompt_tokens", "completion_tokens", "ttft_s", "total_s", "finish_reason")})
+        return dataclasses.replace(stats)  # a copy, since the totals are added to in place
     total.prompt_tokens += stats.prompt_tokens
     total.completion_tokens += stats.completion_tokens
     total.total_s += stats.total_s
