@@ -37,6 +37,14 @@ DEFAULT_MIN_COVERAGE = 0.75
 # questions echo, so the gain on real questions is smaller (eval_retrieval shows both).
 TITLE_WEIGHT, TEXT_WEIGHT = 8.0, 1.0
 MAX_TERMS = 32
+# BM25 on titles ranks "Adult Non-Hodgkin Lymphoma" as high as "Adult Hodgkin
+# Lymphoma" for a question naming the latter: focus words the question does not
+# name cost nothing. So the best RERANK_POOL candidates have their score scaled
+# by (1 - FOCUS_PENALTY * share of their focus words missing from the question).
+# On VALID questions this moved recall@1 of the gold document from .80 to .86 (and
+# of a page on the same focus from .90 to .98); 0.3, 0.5 and 0.6 scored alike.
+RERANK_POOL = 30
+FOCUS_PENALTY = 0.5
 
 # Function words and question scaffolding: they match everything and only dilute BM25.
 STOP_WORDS = frozenset(
@@ -74,6 +82,16 @@ def fts_query(text: str) -> str:
         seen.add(word)
         terms.append(f'"{word}"')
     return " OR ".join(terms[:MAX_TERMS])
+
+
+def _terms_of(match: str) -> str:
+    """The bare words of an fts_query() string."""
+    return match.replace('"', "").replace(" OR ", " ")
+
+
+def _focus(title: str) -> str:
+    """'Adult Hodgkin Lymphoma: treatment' -> 'Adult Hodgkin Lymphoma' (titles are "focus: question type")."""
+    return title.rsplit(": ", 1)[0]
 
 
 def build_index(passages_gz: Path, db_path: Path) -> None:
@@ -156,32 +174,52 @@ class KnowledgeBase:
             "FROM passages_fts JOIN passages p ON p.id = passages_fts.rowid "
             "WHERE passages_fts MATCH ? ORDER BY bm25(passages_fts, ?, ?) LIMIT ?"
         )
+        pool = max(k, RERANK_POOL) if FOCUS_PENALTY else k
         with self._lock:
-            rows = self._con.execute(sql, (TITLE_WEIGHT, TEXT_WEIGHT, match, TITLE_WEIGHT, TEXT_WEIGHT, k)).fetchall()
-            coverage = self._coverage(match.replace('"', "").replace(" OR ", " "), [r[1:3] for r in rows])
+            rows = self._con.execute(sql, (TITLE_WEIGHT, TEXT_WEIGHT, match, TITLE_WEIGHT, TEXT_WEIGHT, pool)).fetchall()
+            words = _terms_of(match)
+            if FOCUS_PENALTY and rows:
+                rows = self._rerank(words, rows)[:k]
+            coverage = self._coverage(words, [r[1:3] for r in rows])
         return [Passage(*r[1:], coverage=c) for r, c in zip(rows, coverage)]
 
-    def _coverage(self, query_terms: str, hits: list[tuple[str, str]]) -> list[float]:
+    def _stems(self, texts: list[str]) -> list[set[str]]:
+        """The index's stemmed terms of each text. Caller holds the lock."""
+        sc = self._scratch
+        sc.execute("DELETE FROM s")
+        sc.executemany("INSERT INTO s (rowid, text) VALUES (?, ?)", list(enumerate(texts, 1)))
+        terms: dict[int, set[str]] = {}
+        for term, doc in sc.execute("SELECT DISTINCT term, doc FROM s_terms"):
+            terms.setdefault(doc, set()).add(term)
+        return [terms.get(i, set()) for i in range(1, len(texts) + 1)]
+
+    def _rerank(self, query_words: str, rows: list[tuple]) -> list[tuple]:
+        """Scale each candidate's BM25 by how much of its page's focus the query names."""
+        stems = self._stems([query_words] + [_terms_of(fts_query(_focus(r[2]))) for r in rows])
+        asked = stems[0]
+
+        def named(focus: set[str]) -> float:
+            return len(focus & asked) / len(focus) if focus else 1.0
+
+        scored = [(r[6] * (1.0 - FOCUS_PENALTY * (1.0 - named(f))), r) for r, f in zip(rows, stems[1:])]
+        scored.sort(key=lambda sr: -sr[0])  # stable: ties keep BM25's order
+        return [(*r[:6], score) for score, r in scored]
+
+    def _coverage(self, query_words: str, hits: list[tuple[str, str]]) -> list[float]:
         """IDF-weighted share of the query's (stemmed) terms each hit contains.
         Caller holds the lock."""
         if not hits:
             return []
-        sc = self._scratch
-        sc.execute("DELETE FROM s")
-        sc.executemany("INSERT INTO s (rowid, text) VALUES (?, ?)",
-                       [(0, query_terms)] + [(i, f"{title} {text}") for i, (text, title) in enumerate(hits, 1)])
-        terms: dict[int, set[str]] = {}
-        for term, doc in sc.execute("SELECT DISTINCT term, doc FROM s_terms"):
-            terms.setdefault(doc, set()).add(term)
+        stems = self._stems([query_words] + [f"{title} {text}" for text, title in hits])
         weight = {}
-        for term in terms.get(0, ()):
+        for term in stems[0]:
             row = self._con.execute("SELECT doc FROM temp.vocab WHERE term = ?", (term,)).fetchone()
             df = row[0] if row else 0
             weight[term] = math.log((self._n - df + 0.5) / (df + 0.5) + 1)
         total = sum(weight.values())
         if not total:
             return [0.0] * len(hits)
-        return [sum(w for t, w in weight.items() if t in terms.get(i, ())) / total for i in range(1, len(hits) + 1)]
+        return [sum(w for t, w in weight.items() if t in hit) / total for hit in stems[1:]]
 
     def is_relevant(self, hits: list[Passage]) -> bool:
         """False when the best hit is too weak to answer from: the caller should

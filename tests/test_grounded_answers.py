@@ -45,6 +45,27 @@ def test_health_question_is_grounded_and_cites_its_source(kb):
                            "sources": [{"title": "Glaucoma: symptoms", "url": "https://example.org/glaucoma"}]}
 
 
+def test_an_answer_is_grounded_in_one_page(tmp_path):
+    from assistant.tasks import GROUNDING_PASSAGES, retrieve_grounding
+
+    page = {"source": "NEI", "url": "https://example.org/glaucoma", "focus": "Glaucoma"}
+    rows = [{"id": i, "doc_id": "NEI/glaucoma", "title": "Glaucoma: treatment", **page,
+             "text": f"Glaucoma treatment, part {i}: eye drops lower the pressure in the eye."} for i in range(3)]
+    rows.append({"id": 3, "doc_id": "GARD/glaucoma", "source": "GARD", "url": "https://example.org/gard-glaucoma",
+                 "focus": "Glaucoma", "title": "Glaucoma: information",
+                 "text": "Glaucoma damages the optic nerve; eye drops or surgery lower the eye pressure."})
+    rows += [{**p, "id": 4 + i} for i, p in enumerate(PASSAGES[1:])]  # unrelated pages give BM25 its IDF
+    path = tmp_path / "kb.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    kb = KnowledgeBase(path, cache_dir=tmp_path / "cache", min_coverage=0.3)
+    everything = kb.search("glaucoma treatment with eye drops", k=4)
+    assert len({h.url for h in everything}) == 2  # the other page is relevant too
+    hits = retrieve_grounding(kb, "glaucoma treatment with eye drops")
+    assert len(hits) == GROUNDING_PASSAGES and {h.url for h in hits} == {everything[0].url}
+    assert retrieve_grounding(kb, "Which football team won the cup in 1966?") is None
+
+
 def test_nothing_relevant_means_i_do_not_know_without_asking_the_model(kb):
     be = WordBackend()
     streamed = []

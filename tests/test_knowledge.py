@@ -88,6 +88,32 @@ def test_relevance_threshold(kb):
     assert not kb.is_relevant(kb.search("who won the football world cup"))
 
 
+LYMPHOMA = [
+    ("CancerGov/nhl", "Adult Non-Hodgkin Lymphoma: treatment", "Adult non-Hodgkin lymphoma is treated with "
+     "chemotherapy. Non-Hodgkin lymphoma differs from Hodgkin lymphoma; Hodgkin lymphoma treatment is described "
+     "elsewhere, with adult Hodgkin lymphoma."),
+    ("CancerGov/hl", "Adult Hodgkin Lymphoma: treatment", "Treatment may include chemotherapy and radiation "
+     "therapy, chosen by the stage of the disease, the patient's age and general health, and other factors "
+     "discussed with the care team."),
+]
+
+
+def test_focus_words_the_question_does_not_name_lower_a_page(tmp_path, monkeypatch):
+    from assistant import knowledge
+
+    kb = KnowledgeBase(write_kb(tmp_path / "kb.jsonl.gz", LYMPHOMA + PASSAGES), cache_dir=tmp_path / "cache")
+    question = "What are the treatments for adult Hodgkin lymphoma?"
+    monkeypatch.setattr(knowledge, "FOCUS_PENALTY", 0.0)  # plain BM25 prefers the page naming it most often
+    assert kb.search(question, k=1)[0].doc_id == "CancerGov/nhl"
+    monkeypatch.undo()
+    hits = kb.search(question, k=2)
+    assert [h.doc_id for h in hits] == ["CancerGov/hl", "CancerGov/nhl"]  # scaled by 1 - 0.5 * 1/4
+    assert hits[0].score > hits[1].score and hits[0].coverage == pytest.approx(1.0)
+    # a question that names the longer focus still finds it
+    assert kb.search("treatment of adult non-Hodgkin lymphoma", k=1)[0].doc_id == "CancerGov/nhl"
+    kb.close()
+
+
 def test_cache_is_reused_and_rebuilt_on_hash_change(tmp_path):
     src, cache = tmp_path / "kb.jsonl.gz", tmp_path / "cache"
     kb1 = KnowledgeBase(write_kb(src), cache_dir=cache)

@@ -183,6 +183,28 @@ def test_resume_continues_exactly(tiny_model_dir, data_dir, tmp_path):
         p.name for p in (split / "final").iterdir()}
 
 
+def test_continued_run_starts_from_the_given_adapter(tiny_model_dir, data_dir, tmp_path):
+    first = tmp_path / "first"
+    T.train(_config(tiny_model_dir, data_dir), first, progress=False)
+    cfg = _config(tiny_model_dir, data_dir, lr=0.0, max_steps=1)  # lr 0: the weights stay as loaded
+    cfg["model"]["init_adapter"] = str(first / "final")
+    T.train(cfg, tmp_path / "second", progress=False)
+    a, b = _adapter(first), _adapter(tmp_path / "second")
+    assert any(t.abs().sum() > 0 for k, t in a.items() if "lora_B" in k)  # a fresh adapter's B is zero
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    recipe = json.loads((tmp_path / "second" / "final" / "recipe.json").read_text())
+    assert recipe["continued_from"]["adapter"] == str(first / "final")
+    assert recipe["continued_from"]["steps"] == 6 and recipe["continued_from"]["tokens"] > 0
+
+    cfg["lora"] = {**cfg["lora"], "r": 8}
+    with pytest.raises(SystemExit, match="r=4 on .* the recipe r=8"):
+        T.train(cfg, tmp_path / "third", progress=False)
+    cfg["model"]["init_adapter"] = str(tmp_path)
+    with pytest.raises(SystemExit, match="not a PEFT adapter directory"):
+        T.train(cfg, tmp_path / "fourth", progress=False)
+
+
 def test_cli_short_run(tiny_model_dir, data_dir, tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(
