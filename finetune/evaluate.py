@@ -4,7 +4,7 @@
         --data build/data/v1 --limit 20 --out runs/eval/base.json
     python -m finetune.evaluate plot runs/eval/*.json --out finetune/eval.png
 
-Generation suites read test.jsonl and decode greedily through `load_backend`
+Generation suites read test.jsonl (`mts-valid`: valid.jsonl) and decode greedily through `load_backend`
 and `assistant.tasks` (or the finetune.formats builders), so what is scored is
 what a user would get. `ppl` scores valid.jsonl with the transformers model:
 the NLL of the reference tokens only. Results go to --out (metrics), a sibling
@@ -32,7 +32,9 @@ from . import formats, metrics
 # "medquad" answers the way the app does (triage, retrieval, grounded prompt, sources);
 # "medquad-ungrounded" asks the model the bare question, for comparison.
 GENERATION_SUITES = ("mts-test1", "mts-test2", "aci", "meqsum", "medquad", "medquad-ungrounded",
-                     "pubmedqa", "dialogsum")
+                     "pubmedqa", "dialogsum", "mts-valid")
+# Suites on valid.jsonl: where decoding settings and checkpoints are chosen, never on a test split.
+VALID_SUITES = ("mts-valid",)
 SUITES = GENERATION_SUITES + ("ppl",)
 PROMPT_STYLES = ("runtime", "issue-baseline")
 # The prompt of the issue's baseline (R1 13.9 / R2 4.1 / RL 11.1 on test1): raw section
@@ -43,7 +45,7 @@ ISSUE_BASELINE = "Summarize the following doctor-patient conversation as the '{s
 def suite_of(record: dict) -> str | None:
     source, suite = record["source"], record["meta"].get("suite")
     if source == "mts-dialog":
-        return suite
+        return "mts-valid" if record.get("split") == "valid" else suite
     return "aci" if source == "aci-bench" else source
 
 
@@ -308,7 +310,9 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     recorder = StatsRecorder(inner) if inner is not None else None
     results: dict[str, dict] = {}
     with out.with_suffix(".predictions.jsonl").open("w", encoding="utf-8") as predictions:
-        test = read_jsonl(data / "test.jsonl") if gen else []
+        test = read_jsonl(data / "test.jsonl") if set(gen) - set(VALID_SUITES) else []
+        if set(gen) & set(VALID_SUITES):
+            test += read_jsonl(data / "valid.jsonl")
         for suite in gen:
             records = select(test, suite, args.limit)
             if not records:

@@ -67,8 +67,11 @@ def data(tmp_path) -> Path:
         _rec("medquad/test/1", "answer", "medquad", "test", answer_messages("What is gout?"),
              "Gout is arthritis.", "What is gout?", {"question": "What is gout?"}, suite="medquad"),
     ]
+    d3 = "Doctor: Where does it hurt?\nPatient: My knee hurts when I climb stairs."
     valid = [_rec("medquad/valid/1", "answer", "medquad", "valid", answer_messages("What is flu?"),
-                  "Flu is a viral infection.", "What is flu?", {"question": "What is flu?"})]
+                  "Flu is a viral infection.", "What is flu?", {"question": "What is flu?"}),
+             _rec("mts-dialog/valid/0", "summarize", "mts-dialog", "valid", summary_messages(d3, "CC"),
+                  "Knee pain on stairs.", d3, {"dialogue": d3, "section": "CC"})]
     out = tmp_path / "data"
     out.mkdir()
     for name, rows in (("test", test), ("valid", valid)):
@@ -119,6 +122,14 @@ def test_end_to_end_metrics_and_outputs(data, tmp_path):
     assert "| canned |" in summary[2] and "50.0 / 50.0 / 50.0" in summary[2] and "| 50.0 |" in summary[2]
 
 
+def test_mts_valid_suite_reads_the_validation_split_only(data, tmp_path):
+    result, backend = _run(data, tmp_path / "valid.json", "--suites", "mts-valid")
+    s = result["suites"]
+    assert list(s) == ["mts-valid"] and s["mts-valid"]["n"] == 1
+    assert s["mts-valid"]["rouge1"] == pytest.approx(200 / 3, abs=0.01)  # P 2/2, R 2/4 ("Knee pain on stairs.")
+    assert len(backend.prompts) == 1 and "climb stairs" in backend.prompts[0][-1]["content"]
+
+
 def test_summary_rows_are_updated_by_label(data, tmp_path):
     out = tmp_path / "eval" / "a.json"
     _run(data, out, "--suites", "meqsum", "--label", "a")
@@ -151,7 +162,7 @@ def test_perplexity_suite(data, tmp_path, tiny_llama_dir):
     args.argv = []
     result = evaluate.evaluate(args)
     ppl = result["suites"]["ppl"]
-    assert ppl["tokens"] > 0 and ppl["ppl"] > 1 and set(ppl["by_source"]) == {"medquad"}
+    assert ppl["tokens"] > 0 and ppl["ppl"] > 1 and set(ppl["by_source"]) == {"medquad", "mts-dialog"}
     assert result["size"]["model_bytes"] > 0
 
 
