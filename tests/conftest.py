@@ -2,13 +2,9 @@
 layer, and a tiny randomly initialised llama model on disk."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import pytest
-
-from assistant.backends.base import Backend, CancelToken, GenerationOptions, Message, _StreamClock
 
 
 @pytest.fixture(autouse=True)
@@ -31,64 +27,11 @@ def _shared_cache(factory) -> Path:
     return _CACHE[0]
 
 
-class WordBackend(Backend):
-    """A deterministic stand-in model: one word is one token, and the reply
-    is a fixed script (or a function of the prompt). It records every prompt."""
-
-    name = "fake"
-
-    def __init__(self, reply="a short reply from the fake model", context_length: int = 4096,
-                 delay: float = 0.0, fail_after: int | None = None):
-        self.model_name = "fake-model"
-        self.reply = reply
-        self._ctx = context_length
-        self.delay = delay
-        self.fail_after = fail_after
-        self.prompts: list[list[Message]] = []
-
-    @property
-    def context_length(self) -> int:
-        return self._ctx
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def prompt_tokens(self, messages: Sequence[Message]) -> int:
-        return sum(self.count_tokens(m["content"]) + 4 for m in messages)
-
-    def stream(self, messages, options: GenerationOptions | None = None,
-               cancel: CancelToken | None = None) -> Iterator[str]:
-        opts = options or GenerationOptions()
-        n = self.prompt_tokens(messages)
-        if n >= self._ctx:
-            from assistant.backends.base import BackendError
-            raise BackendError(f"prompt of {n} tokens does not fit the {self._ctx}-token context")
-        self.prompts.append(list(messages))
-        text = self.reply(messages) if callable(self.reply) else self.reply
-        clock = _StreamClock(prompt_tokens=n)
-        finish = "stop"
-        try:
-            for i, word in enumerate(text.split()):
-                if cancel is not None and cancel.cancelled:
-                    finish = "cancelled"
-                    break
-                if i >= opts.max_tokens:
-                    finish = "length"
-                    break
-                if self.fail_after is not None and i >= self.fail_after:
-                    from assistant.backends.base import BackendError
-                    raise BackendError("the fake model failed")
-                if self.delay:
-                    time.sleep(self.delay)
-                clock.token()
-                yield (" " if i else "") + word
-        finally:
-            self.last_stats = clock.stats(finish)
-
-
 @pytest.fixture
 def word_backend():
-    return WordBackend()
+    from fakes import FakeBackend
+
+    return FakeBackend(reply="a short reply from the fake model")
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,18 @@
 """Test doubles for the model layer.
 
 `FakeBackend` is a real `Backend` subclass, so the task layer (and everything
-above it) runs unchanged: it streams canned text word by word with a small
-delay, honours `CancelToken`, sets `last_stats` with fixed, reproducible
-figures (snapshots must not depend on the clock), and can be told to raise.
+above it) runs unchanged: one word is one token; it streams canned text (or a
+function of the prompt) word by word with a small delay, records every prompt,
+refuses a prompt that overflows its context as a real model would, honours
+`CancelToken`, sets `last_stats` with fixed, reproducible figures (snapshots
+must not depend on the clock), and can be told to raise.
 """
 from __future__ import annotations
 
 import re
 import threading
 import time
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from assistant.backends.base import (
     Backend,
@@ -36,7 +38,8 @@ def pieces(text: str) -> list[str]:
 
 
 class FakeBackend(Backend):
-    """Streams `reply` (or `replies` in turn) piece by piece.
+    """Streams `reply` (or `replies` in turn) piece by piece; `reply` may be a
+    function of the prompt's messages.
 
     - `delay`: seconds slept before each piece (also how long a cancel takes to land).
     - `fail_after`: raise `error` after this many pieces (0: before the first one).
@@ -49,7 +52,7 @@ class FakeBackend(Backend):
 
     def __init__(
         self,
-        reply: str = DEFAULT_REPLY,
+        reply: str | Callable[[list[Message]], str] = DEFAULT_REPLY,
         *,
         replies: Sequence[str] | None = None,
         delay: float = 0.001,
@@ -87,10 +90,14 @@ class FakeBackend(Backend):
     def prompt_tokens(self, messages: Sequence[Message]) -> int:
         return sum(self.count_tokens(m["content"]) + 4 for m in messages)
 
-    def next_reply(self) -> str:
+    @property
+    def prompts(self) -> list[list[Message]]:
+        return self.calls
+
+    def next_reply(self, messages: Sequence[Message]) -> str:
         if self.replies:
             return self.replies[min(len(self.calls) - 1, len(self.replies) - 1)]
-        return self.reply
+        return self.reply(list(messages)) if callable(self.reply) else self.reply
 
     def stream(
         self,
@@ -98,10 +105,13 @@ class FakeBackend(Backend):
         options: GenerationOptions | None = None,
         cancel: CancelToken | None = None,
     ) -> Iterator[str]:
+        n = self.prompt_tokens(messages)
+        if n >= self._context_length:
+            raise BackendError(f"prompt of {n} tokens does not fit the {self._context_length}-token context")
         self.calls.append([dict(m) for m in messages])
         self.options.append(options)
         opts = options or GenerationOptions()
-        text = self.next_reply()
+        text = self.next_reply(messages)
         count = 0
         finish = "stop"
         try:

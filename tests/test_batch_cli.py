@@ -10,12 +10,12 @@ from click.testing import CliRunner
 
 from assistant import cli as cli_module
 from assistant.cli import cli
-from conftest import WordBackend
+from fakes import FakeBackend
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    backend = WordBackend(reply=lambda msgs: "summary of " + msgs[-1]["content"].split()[-1])
+    backend = FakeBackend(reply=lambda msgs: "summary of " + msgs[-1]["content"].split()[-1])
     monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: backend)
     return backend
 
@@ -140,7 +140,7 @@ def test_duplicate_ids_are_reported(tmp_path, fake):
 
 
 def test_generation_failure_is_reported_per_record(tmp_path, monkeypatch):
-    backend = WordBackend(reply="one two three", fail_after=1)
+    backend = FakeBackend(reply="one two three", fail_after=1)
     monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: backend)
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "q1", "question": "What is flu?"}])
     result = run("ask", "--input", src, "--output", tmp_path / "o.jsonl")

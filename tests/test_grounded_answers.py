@@ -13,7 +13,7 @@ from assistant import prompts
 from assistant.cli import cli
 from assistant.knowledge import KnowledgeBase
 from assistant.tasks import answer
-from conftest import WordBackend
+from fakes import FakeBackend
 
 PASSAGES = [
     {"id": 0, "doc_id": "NEI/glaucoma", "source": "NEI", "url": "https://example.org/glaucoma",
@@ -35,7 +35,7 @@ def kb(tmp_path):
 
 
 def test_health_question_is_grounded_and_cites_its_source(kb):
-    be = WordBackend(reply="It often has no early symptoms.")
+    be = FakeBackend(reply="It often has no early symptoms.")
     result = answer(be, "What are the symptoms of glaucoma?", knowledge=kb)
     prompt = be.prompts[0][-1]["content"]
     assert "[1] Glaucoma: symptoms\nGlaucoma often has no early symptoms." in prompt
@@ -67,7 +67,7 @@ def test_an_answer_is_grounded_in_one_page(tmp_path):
 
 
 def test_nothing_relevant_means_i_do_not_know_without_asking_the_model(kb):
-    be = WordBackend()
+    be = FakeBackend()
     streamed = []
     result = answer(be, "Which football team won the cup in 1966?", knowledge=kb, on_text=streamed.append)
     assert be.prompts == []
@@ -80,7 +80,7 @@ def test_nothing_relevant_means_i_do_not_know_without_asking_the_model(kb):
     ("i want to end my life", "crisis"),
 ])
 def test_emergencies_get_the_fixed_message_before_any_model_output(kb, message, level):
-    be = WordBackend()
+    be = FakeBackend()
     streamed = []
     result = answer(be, message, knowledge=kb, on_text=streamed.append)
     assert be.prompts == []  # the model is never asked
@@ -90,12 +90,12 @@ def test_emergencies_get_the_fixed_message_before_any_model_output(kb, message, 
 
 
 def test_educational_question_about_stroke_is_not_an_alarm(kb):
-    result = answer(WordBackend(), "What are the risk factors for stroke?", knowledge=kb)
+    result = answer(FakeBackend(), "What are the risk factors for stroke?", knowledge=kb)
     assert result.meta["triage"] == "none"
 
 
 def test_prescription_request_gets_general_information_and_a_referral(kb):
-    be = WordBackend(reply="Metformin is a common medicine.")
+    be = FakeBackend(reply="Metformin is a common medicine.")
     result = answer(be, "Can you prescribe me metformin for my type 2 diabetes?", knowledge=kb)
     assert be.prompts, "general information still comes from the model"
     assert result.meta["scope"] == "prescription"
@@ -115,14 +115,14 @@ def test_small_talk_detection(text, small):
 
 
 def test_small_talk_is_answered_without_the_library(kb):
-    be = WordBackend(reply="Hello! How can I help?")
+    be = FakeBackend(reply="Hello! How can I help?")
     result = answer(be, "hello", knowledge=kb)
     assert result.text == "Hello! How can I help?" and result.meta["grounded"] is False
     assert "Question:" not in be.prompts[0][-1]["content"]
 
 
 def test_batch_answers_carry_triage_and_sources(tmp_path, kb, monkeypatch):
-    be = WordBackend(reply="Side vision is lost slowly.")
+    be = FakeBackend(reply="Side vision is lost slowly.")
     monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: be)
     monkeypatch.setattr(KnowledgeBase, "default", classmethod(lambda cls: kb))
     src = tmp_path / "q.jsonl"

@@ -6,7 +6,7 @@ import pytest
 
 from assistant import prompts
 from assistant.tasks import TaskError, answer, split_to_fit, summarize, summary_messages
-from conftest import WordBackend
+from fakes import FakeBackend
 
 
 def transcript(turns: int) -> str:
@@ -30,7 +30,7 @@ def test_short_transcript_is_one_call(word_backend):
 
 
 def test_long_transcript_is_chunked_and_merged_without_losing_a_turn():
-    be = WordBackend(reply=lambda msgs: "partial summary", context_length=400)
+    be = FakeBackend(reply=lambda msgs: "partial summary", context_length=400)
     text = transcript(120)  # ~840 words: needs several parts
     result = summarize(be, text, "GENHX")
     part_prompts = [m[1]["content"] for m in be.prompts if "This is part" in m[1]["content"]]
@@ -45,7 +45,7 @@ def test_long_transcript_is_chunked_and_merged_without_losing_a_turn():
 
 
 def test_merge_recurses_when_partial_summaries_do_not_fit_one_prompt():
-    be = WordBackend(reply=lambda msgs: " ".join(["fact"] * 40), context_length=420)
+    be = FakeBackend(reply=lambda msgs: " ".join(["fact"] * 40), context_length=420)
     result = summarize(be, transcript(300), "GENHX")
     merges = [m for m in be.prompts if "Combine them" in m[1]["content"]]
     assert len(merges) >= 2  # groups merged first, then the merged results
@@ -53,7 +53,7 @@ def test_merge_recurses_when_partial_summaries_do_not_fit_one_prompt():
 
 
 def test_single_huge_turn_is_split_at_sentences():
-    be = WordBackend(context_length=300)
+    be = FakeBackend(context_length=300)
     turn = "Patient: " + " ".join(f"Sentence number {i} is here." for i in range(80))
     pieces = split_to_fit(turn, 40, be.count_tokens)
     assert all(be.count_tokens(p) <= 40 for p in pieces)
@@ -66,7 +66,7 @@ def test_empty_transcript_is_an_error(word_backend):
 
 
 def test_answer_keeps_history_and_trims_oldest_turns():
-    be = WordBackend(context_length=300)
+    be = FakeBackend(context_length=300)
     history = []
     for i in range(20):
         history += [{"role": "user", "content": f"question {i} " + "x " * 10},
