@@ -85,8 +85,7 @@ def recall(kb: KnowledgeBase, qs: list[dict], owners, focus) -> dict:
 def citations(kb: KnowledgeBase, qs: list[dict]) -> dict:
     """What answer() would cite for each question, scored as the evaluation harness
     scores citation precision: the cited URL is the gold document's."""
-    cited = answered = 0
-    right = 0
+    cited = answered = right = 0
     for q in qs:
         hits = retrieve_grounding(kb, q["question"])
         if hits is None:

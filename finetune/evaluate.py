@@ -4,9 +4,9 @@
         --data build/data/v1 --limit 20 --out runs/eval/base.json
     python -m finetune.evaluate plot runs/eval/*.json --out finetune/eval.png
 
-Generation suites read test.jsonl (`mts-valid`: valid.jsonl) and decode greedily through `load_backend`
-and `assistant.tasks` (or the finetune.formats builders), so what is scored is
-what a user would get. `ppl` scores valid.jsonl with the transformers model:
+Generation suites read test.jsonl (`mts-valid`: valid.jsonl) and decode greedily
+through `load_backend` and `assistant.tasks` (or the finetune.formats builders),
+so what is scored is what a user would get. `ppl` scores valid.jsonl with the transformers model:
 the NLL of the reference tokens only. Results go to --out (metrics), a sibling
 .predictions.jsonl (one line per example) and runs/eval/summary.md (one row
 per label).
@@ -310,11 +310,11 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     recorder = StatsRecorder(inner) if inner is not None else None
     results: dict[str, dict] = {}
     with out.with_suffix(".predictions.jsonl").open("w", encoding="utf-8") as predictions:
-        test = read_jsonl(data / "test.jsonl") if set(gen) - set(VALID_SUITES) else []
+        pool = read_jsonl(data / "test.jsonl") if set(gen) - set(VALID_SUITES) else []
         if set(gen) & set(VALID_SUITES):
-            test += read_jsonl(data / "valid.jsonl")
+            pool += read_jsonl(data / "valid.jsonl")
         for suite in gen:
-            records = select(test, suite, args.limit)
+            records = select(pool, suite, args.limit)
             if not records:
                 print(f"  {suite}: no records in {data / 'test.jsonl'}, skipped", file=sys.stderr)
                 continue
