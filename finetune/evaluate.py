@@ -243,6 +243,18 @@ PLOT_METRICS = [  # (bar name, suite, metric)
 ]
 
 
+def merge_by_model(results: list[dict]) -> list[dict]:
+    """One entry per model (and adapter): suites run in separate invocations become one bar group."""
+    merged: dict[tuple, dict] = {}
+    for r in results:
+        key = (r["model"], r.get("adapter"))
+        m = merged.setdefault(key, {"label": Path(r["model"]).name + (f"+{Path(r['adapter']).name}" if r.get("adapter")
+                                                                      else ""), "suites": {}, "decode_tokens_per_s": None})
+        m["suites"].update(r["suites"])
+        m["decode_tokens_per_s"] = m["decode_tokens_per_s"] or r.get("decode_tokens_per_s")
+    return list(merged.values())
+
+
 def plot(results: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -369,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("results", nargs="+", type=Path)
         p.add_argument("--out", type=Path, default=Path("finetune/eval.png"))
         a = p.parse_args(argv[1:])
-        plot([json.loads(f.read_text(encoding="utf-8")) for f in a.results if f.suffix == ".json"], a.out)
+        plot(merge_by_model([json.loads(f.read_text(encoding="utf-8")) for f in a.results if f.suffix == ".json"]),
+             a.out)
         print(f"wrote {a.out}")
         return 0
     args = parser().parse_args(argv)

@@ -173,3 +173,13 @@ def test_plot(data, tmp_path):
     png = tmp_path / "eval.png"
     assert evaluate.main(["plot", str(out), str(out.with_name("y.json")), "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_of_one_model_merge_into_one_bar_group():
+    runs = [{"model": "base", "suites": {"meqsum": {"rouge1": 10}}, "decode_tokens_per_s": None},
+            {"model": "tuned", "adapter": "a/final", "suites": {"meqsum": {"rouge1": 40}}, "decode_tokens_per_s": 90},
+            {"model": "base", "suites": {"mts-test1": {"rouge1": 14}}, "decode_tokens_per_s": 120}]
+    merged = evaluate.merge_by_model(runs)
+    assert [m["label"] for m in merged] == ["base", "tuned+final"]
+    assert merged[0]["suites"] == {"meqsum": {"rouge1": 10}, "mts-test1": {"rouge1": 14}}
+    assert merged[0]["decode_tokens_per_s"] == 120 and merged[1]["decode_tokens_per_s"] == 90
