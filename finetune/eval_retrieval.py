@@ -32,6 +32,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 from assistant import knowledge
 from assistant.knowledge import KnowledgeBase
@@ -159,19 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     result["min_coverage"] = kb.min_coverage
     result["test"].update(citations(kb, test))
 
-    weights = (knowledge.TITLE_WEIGHT, knowledge.TEXT_WEIGHT)
-    knowledge.TITLE_WEIGHT = 0.0  # same index, titles not scored: answers' wording only
-    try:
+    with mock.patch.object(knowledge, "TITLE_WEIGHT", 0.0):  # same index, titles not scored: answers' wording only
         result["title_weight_0"] = {k: v for k, v in recall(kb, test, owners, focus).items() if "@" in k}
-    finally:
-        knowledge.TITLE_WEIGHT, knowledge.TEXT_WEIGHT = weights
-    penalty = knowledge.FOCUS_PENALTY
-    knowledge.FOCUS_PENALTY = 0.0  # plain BM25, for comparison
-    try:
+    with mock.patch.object(knowledge, "FOCUS_PENALTY", 0.0):  # plain BM25, for comparison
         result["no_focus_rerank"] = {k: v for k, v in recall(kb, test, owners, focus).items() if "@" in k}
         result["no_focus_rerank"].update(citations(kb, test))
-    finally:
-        knowledge.FOCUS_PENALTY = penalty
     print(json.dumps(result, indent=2))
 
 
