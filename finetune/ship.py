@@ -37,16 +37,31 @@ def ship(run: Path, name: str, dest_root: Path = DATA_DIR / "adapters") -> Path:
     config = json.loads((tmp / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = recipe.get("base_model", config.get("base_model_name_or_path"))
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    stages = _stages(recipe)
     (tmp / "README.md").write_text(
-        f"# {name}\n\nA LoRA adapter for SmolLM2-135M-Instruct (Apache-2.0), trained with "
-        f"`finetune/configs/{recipe.get('name', name)}.toml` on MTS-Dialog, MedQuAD and MeQSum "
-        "(CC BY 4.0) and PubMedQA (MIT); see `recipe.json` for the exact data, steps and figures "
-        "and `finetune/RESULTS.md` for its evaluation. Stored in float16.\n"
+        f"# {name}\n\nA LoRA adapter for SmolLM2-135M-Instruct (Apache-2.0), trained by `finetune/train.py` "
+        f"in {len(stages)} stage(s), each continuing the one before ({_describe(stages)}), on MTS-Dialog, "
+        "MedQuAD and MeQSum (CC BY 4.0) and PubMedQA (MIT). `recipe.json` holds the last stage's full "
+        "config and data, and `continued_from` the earlier ones; `finetune/RESULTS.md` has the evaluation. "
+        "Stored in float16.\n"
     )
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
     return dest
+
+
+def _stages(recipe: dict) -> list[dict]:
+    """The training stages behind an adapter, first to last."""
+    stages = []
+    while recipe:
+        stages.append(recipe)
+        recipe = recipe.get("continued_from")
+    return stages[::-1]
+
+
+def _describe(stages: list[dict]) -> str:
+    return "; ".join(f"{s.get('steps')} steps, {s.get('tokens', 0):,} tokens" for s in stages)
 
 
 def main(argv=None) -> None:

@@ -562,7 +562,8 @@ def _init_adapter_summary(init_adapter: str) -> dict | None:
     src = Path(init_adapter)
     earlier = json.loads((src / "recipe.json").read_text()) if (src / "recipe.json").is_file() else {}
     return {"adapter": str(src), "adapter_sha256": file_sha256(src / "adapter_model.safetensors"),
-            **{k: earlier.get(k) for k in ("name", "steps", "tokens", "supervised_tokens", "train_seconds")}}
+            **{k: earlier.get(k) for k in ("name", "steps", "tokens", "supervised_tokens", "train_seconds",
+                                            "continued_from")}}
 
 
 def _save_final(out: Path, peft_model, cfg, rows, train_set, too_long, steps, eval_loss, metrics_path) -> None:

@@ -196,6 +196,14 @@ def test_continued_run_starts_from_the_given_adapter(tiny_model_dir, data_dir, t
     recipe = json.loads((tmp_path / "second" / "final" / "recipe.json").read_text())
     assert recipe["continued_from"]["adapter"] == str(first / "final")
     assert recipe["continued_from"]["steps"] == 6 and recipe["continued_from"]["tokens"] > 0
+    assert recipe["continued_from"]["continued_from"] is None
+
+    # A third stage's recipe still tells the first stage, through the second's.
+    cfg["model"]["init_adapter"] = str(tmp_path / "second" / "final")
+    T.train(cfg, tmp_path / "stage3", progress=False)
+    recipe = json.loads((tmp_path / "stage3" / "final" / "recipe.json").read_text())
+    assert recipe["continued_from"]["adapter"] == str(tmp_path / "second" / "final")
+    assert recipe["continued_from"]["continued_from"]["adapter"] == str(first / "final")
 
     cfg["lora"] = {**cfg["lora"], "r": 8}
     with pytest.raises(SystemExit, match="r=4 on .* the recipe r=8"):
