@@ -1,6 +1,6 @@
 """Copy a trained adapter into data/adapters/<name>, where the runtime finds it.
 
-    python -m finetune.ship runs/health-v2 --name health-135m
+    python -m finetune.ship runs/health-v3 --name health-135m
 
 The adapter is stored in float16 (half the size; the runtime merges it in
 float32, and the merged weights are re-quantized to 8 bits anyway) together
