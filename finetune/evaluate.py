@@ -98,7 +98,7 @@ def _stream(backend: Backend, messages: list[Message], opts: GenerationOptions) 
 
 
 def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions,
-             suite: str = "") -> tuple[str, dict]:
+             suite: str = "", summary_repeat_penalty: float | None = None) -> tuple[str, dict]:
     """The model's output for one record, produced the way the app would produce it,
     with what else the app reports (the sources an answer cites)."""
     inputs = record["meta"]["inputs"]
@@ -106,7 +106,8 @@ def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions
         if style == "issue-baseline":
             prompt = ISSUE_BASELINE.format(section=inputs["section"], dialogue=inputs["dialogue"].strip())
             return _stream(backend, [{"role": "user", "content": prompt}], opts), {}
-        opts = tasks.summary_options(max_tokens=opts.max_tokens)  # the app's decoding settings
+        # The app's decoding settings; a penalty given here is how the app's default is chosen.
+        opts = tasks.summary_options(max_tokens=opts.max_tokens, repeat_penalty=summary_repeat_penalty)
         return tasks.summarize(backend, inputs["dialogue"], inputs["section"], options=opts).text, {}
     if record["task"] == "answer":
         grounded = suite != "medquad-ungrounded"
@@ -141,12 +142,12 @@ def score_suite(suite: str, rows: list[dict]) -> dict:
 
 
 def run_generation(backend: StatsRecorder, suite: str, records: list[dict], style: str,
-                   max_tokens: int, predictions) -> dict:
+                   max_tokens: int, predictions, summary_repeat_penalty: float | None = None) -> dict:
     opts = GenerationOptions(max_tokens=max_tokens, temperature=0.0)
     rows = []
     for i, record in enumerate(records, 1):
         before = len(backend.calls)
-        text, extra = generate(backend, record, style, opts, suite)
+        text, extra = generate(backend, record, style, opts, suite, summary_repeat_penalty)
         calls = backend.calls[before:]
         row = {
             "suite": suite, "id": record["id"], "prediction": text, "reference": record["reference"],
@@ -330,7 +331,8 @@ def evaluate(args, backend: Backend | None = None) -> dict:
             if not records:
                 print(f"  {suite}: no records in {data / 'test.jsonl'}, skipped", file=sys.stderr)
                 continue
-            results[suite] = run_generation(recorder, suite, records, args.prompt_style, args.max_tokens, predictions)
+            results[suite] = run_generation(recorder, suite, records, args.prompt_style, args.max_tokens, predictions,
+                                            args.repeat_penalty)
     if "ppl" in suites:
         results["ppl"] = run_perplexity(spec, inner, read_jsonl(data / "valid.jsonl"), args.limit)
     result = {
@@ -339,7 +341,9 @@ def evaluate(args, backend: Backend | None = None) -> dict:
         "adapter": args.adapter,
         "backend": inner.name if inner is not None else "transformers",
         "prompt_style": args.prompt_style,
-        "decoding": {"greedy": True, "max_tokens": args.max_tokens, "threads": getattr(args, "threads", None)},
+        "decoding": {"greedy": True, "max_tokens": args.max_tokens, "threads": getattr(args, "threads", None),
+                     "summary_repeat_penalty": (tasks.SUMMARY_REPEAT_PENALTY if args.repeat_penalty is None
+                                                else args.repeat_penalty)},
         "data": str(data),
         "limit": args.limit,
         "limited": bool(args.limit),
@@ -367,6 +371,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="metrics JSON; predictions go next to it")
     p.add_argument("--label", help="row name in summary.md (default: from model, adapter, style, limit)")
     p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--repeat-penalty", type=float,
+                   help="repeat penalty for summaries (default: the app's); sweep it on mts-valid only")
     p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="runtime",
                    help="issue-baseline: the issue's raw prompt for summaries (section code, no system prompt)")
     p.add_argument("--threads", type=int, help="CPU threads for decoding (default: all cores)")

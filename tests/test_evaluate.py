@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from assistant.backends.base import Backend, GenerationOptions, GenerationStats
+from assistant import tasks
 from assistant.tasks import answer_messages, summary_messages
 from finetune import evaluate, formats
 from finetune.sources import record
@@ -21,6 +22,7 @@ class CannedBackend(Backend):
     def __init__(self, replies: dict[str, str]):
         self.replies = replies
         self.prompts: list[list[dict]] = []
+        self.options: list[GenerationOptions | None] = []
 
     @property
     def context_length(self) -> int:
@@ -34,6 +36,7 @@ class CannedBackend(Backend):
 
     def stream(self, messages, options: GenerationOptions | None = None, cancel=None):
         self.prompts.append(list(messages))
+        self.options.append(options)
         prompt = messages[-1]["content"]
         reply = next((r for key, r in self.replies.items() if key in prompt), "nothing relevant")
         words = reply.split()[:(options or GenerationOptions()).max_tokens]
@@ -153,6 +156,17 @@ def test_limit_and_issue_baseline_prompt(data, tmp_path):
 def test_max_tokens_reaches_the_backend(data, tmp_path):
     result, _ = _run(data, tmp_path / "e" / "short.json", "--suites", "medquad", "--max-tokens", "2")
     assert result["suites"]["medquad"]["mean_completion_tokens"] == 2
+
+
+def test_summary_repeat_penalty_is_the_apps_unless_given(data, tmp_path):
+    result, backend = _run(data, tmp_path / "e" / "default.json", "--suites", "mts-test1,medquad")
+    summaries, answer = backend.options[:2], backend.options[2]
+    assert [o.repeat_penalty for o in summaries] == [tasks.SUMMARY_REPEAT_PENALTY] * 2 != [1.0, 1.0]
+    assert answer.repeat_penalty == 1.0  # answers are not summaries
+    assert result["decoding"]["summary_repeat_penalty"] == tasks.SUMMARY_REPEAT_PENALTY
+    result, backend = _run(data, tmp_path / "e" / "swept.json", "--suites", "mts-valid", "--repeat-penalty", "1.05")
+    assert [o.repeat_penalty for o in backend.options] == [1.05]
+    assert result["decoding"]["summary_repeat_penalty"] == 1.05
 
 
 def test_perplexity_suite(data, tmp_path, tiny_llama_dir):
