@@ -246,7 +246,7 @@ def ask(question, input_path, output_path, overwrite, model, adapter, backend,
 @model_options
 @generation_options(SUMMARY_MAX_TOKENS)
 @click.option("--repeat-penalty", type=click.FloatRange(1.0), default=None,
-              help="Penalty for repeating tokens (default 1.15, chosen on validation data).")
+              help="Penalty for repeating tokens (default 1.1, chosen on validation data).")
 @log_options
 def summarize_cmd(inputs, output_path, section, id_column, text_column, section_column, overwrite,
                   model, adapter, backend, max_tokens, temperature, seed, repeat_penalty, no_log, db):
