@@ -342,8 +342,7 @@ def evaluate(args, backend: Backend | None = None) -> dict:
         "backend": inner.name if inner is not None else "transformers",
         "prompt_style": args.prompt_style,
         "decoding": {"greedy": True, "max_tokens": args.max_tokens, "threads": getattr(args, "threads", None),
-                     "summary_repeat_penalty": (tasks.SUMMARY_REPEAT_PENALTY if args.repeat_penalty is None
-                                                else args.repeat_penalty)},
+                     "summary_repeat_penalty": tasks.summary_options(repeat_penalty=args.repeat_penalty).repeat_penalty},
         "data": str(data),
         "limit": args.limit,
         "limited": bool(args.limit),
