@@ -18,7 +18,7 @@ from .batch_io import OutputError, OutputWriter, Record, RecordError, read_recor
 from .cli_logs import logs
 from .models import ModelError
 from .store import Store, StoreError, open_store
-from .tasks import ANSWER_MAX_TOKENS, SUMMARY_MAX_TOKENS, TaskError, answer, summarize, summary_options
+from .tasks import ANSWER_MAX_TOKENS, SUMMARY_MAX_TOKENS, SUMMARY_REPEAT_PENALTY, TaskError, answer, summarize, summary_options
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -246,7 +246,7 @@ def ask(question, input_path, output_path, overwrite, model, adapter, backend,
 @model_options
 @generation_options(SUMMARY_MAX_TOKENS)
 @click.option("--repeat-penalty", type=click.FloatRange(1.0), default=None,
-              help="Penalty for repeating tokens (default 1.1, chosen on validation data).")
+              help=f"Penalty for repeating tokens (default {SUMMARY_REPEAT_PENALTY}, chosen on validation data).")
 @log_options
 def summarize_cmd(inputs, output_path, section, id_column, text_column, section_column, overwrite,
                   model, adapter, backend, max_tokens, temperature, seed, repeat_penalty, no_log, db):
