@@ -256,20 +256,26 @@ def merge_by_model(results: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
+def bar_values(results: list[dict]) -> tuple[list[tuple], list[list[float]]]:
+    """The metrics some run has, and each run's value of them: NaN (no bar) where a run lacks
+    one, so a suite that was not run never reads as a score of 0."""
+    quality = [m for m in PLOT_METRICS if any(m[1] in r["suites"] for r in results)]
+    return quality, [[r["suites"].get(suite, {}).get(key, math.nan) for _, suite, key in quality] for r in results]
+
+
 def plot(results: list[dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    quality = [m for m in PLOT_METRICS if any(m[1] in r["suites"] for r in results)]
+    quality, values_by_run = bar_values(results)
     fig, (ax, ax_speed) = plt.subplots(1, 2, figsize=(4 + 1.2 * len(quality), 4.5),
                                        gridspec_kw={"width_ratios": [max(1, len(quality)), 1]})
     width = 0.8 / max(1, len(results))
-    for i, r in enumerate(results):
-        values = [r["suites"].get(suite, {}).get(key, 0) for _, suite, key in quality]
+    for i, (r, values) in enumerate(zip(results, values_by_run)):
         ax.bar([x + i * width for x in range(len(quality))], values, width, label=r["label"])
-        ax_speed.bar(i, r.get("decode_tokens_per_s") or 0, label=r["label"])
+        ax_speed.bar(i, r.get("decode_tokens_per_s") or math.nan, label=r["label"])
     ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(quality))])
     ax.set_xticklabels([q[0] for q in quality], rotation=30, ha="right")
     ax.set_ylabel("ROUGE F1 x100 / accuracy %")

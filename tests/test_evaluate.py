@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,14 @@ def test_plot(data, tmp_path):
     png = tmp_path / "eval.png"
     assert evaluate.main(["plot", str(out), str(out.with_name("y.json")), "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_suite_a_run_lacks_gets_no_bar_rather_than_zero():
+    runs = [{"suites": {"meqsum": {"rouge1": 10.0}}}, {"suites": {"meqsum": {"rouge1": 40.0}, "pubmedqa": {"accuracy": 58.2}}}]
+    quality, values = evaluate.bar_values(runs)
+    assert [q[0] for q in quality] == ["MeQSum R1", "PubMedQA acc"]
+    assert values[1] == [40.0, 58.2]
+    assert values[0][0] == 10.0 and math.isnan(values[0][1])
 
 
 def test_runs_of_one_model_merge_into_one_bar_group():
