@@ -18,7 +18,8 @@ from .batch_io import OutputError, OutputWriter, Record, RecordError, read_recor
 from .cli_logs import logs
 from .models import ModelError
 from .store import Store, StoreError, open_store
-from .tasks import ANSWER_MAX_TOKENS, SUMMARY_MAX_TOKENS, SUMMARY_REPEAT_PENALTY, TaskError, answer, summarize, summary_options
+from .tasks import (ANSWER_MAX_TOKENS, SUMMARY_BEST_OF, SUMMARY_MAX_TOKENS, SUMMARY_REPEAT_PENALTY, TaskError, answer,
+                    summarize, summary_options)
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -247,9 +248,12 @@ def ask(question, input_path, output_path, overwrite, model, adapter, backend,
 @generation_options(SUMMARY_MAX_TOKENS)
 @click.option("--repeat-penalty", type=click.FloatRange(1.0), default=None,
               help=f"Penalty for repeating tokens (default {SUMMARY_REPEAT_PENALTY}, chosen on validation data).")
+@click.option("--best-of", type=click.IntRange(1, 64), default=SUMMARY_BEST_OF, show_default=True,
+              help="Drafts per summary; the one closest to the others and to notes of similar visits is kept. "
+                   "1 is fastest (one greedy draft, streamed).")
 @log_options
 def summarize_cmd(inputs, output_path, section, id_column, text_column, section_column, overwrite,
-                  model, adapter, backend, max_tokens, temperature, seed, repeat_penalty, no_log, db):
+                  model, adapter, backend, max_tokens, temperature, seed, repeat_penalty, best_of, no_log, db):
     """Summarize transcripts (.txt files, JSONL or CSV) into clinical-note sections."""
     if not inputs:
         fail("no input files given")
@@ -271,7 +275,8 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
         be = open_backend(model, adapter, backend)
         token = CancelToken()
         with sigint_cancels(token), user_errors():
-            result = summarize(be, good[0].text, good[0].section or section, opts, on_text=_echo, cancel=token)
+            result = summarize(be, good[0].text, good[0].section or section, opts, on_text=_echo, cancel=token,
+                               best_of=best_of)
         click.echo()
         if store is not None:
             with user_errors():
@@ -279,16 +284,17 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
                 store.add_batch_item(sid, good[0].text, result.text, model=be.model_name, options=opts.to_dict(),
                                      stats=result.stats.to_dict(),
                                      status="cancelled" if result.cancelled else "complete",
-                                     meta={"id": good[0].id, "section": good[0].section or section})
+                                     meta={"id": good[0].id, "section": good[0].section or section,
+                                           **result.meta})
                 store.finish_batch(run_id, {"done": 1}, "cancelled" if result.cancelled else "complete")
         _print_stats(result.stats)
         sys.exit(1 if errors else 0)
     sys.exit(_run_batch("summarize", list(inputs), output_path, overwrite, model, adapter, backend, opts,
-                        columns, section=section, store=open_log(db, no_log)))
+                        columns, section=section, store=open_log(db, no_log), best_of=best_of))
 
 
 def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, opts, columns,
-               section=None, store: Store | None = None) -> int:
+               section=None, store: Store | None = None, best_of: int = 1) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     records: list[Record] = []
@@ -305,7 +311,8 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
     records = list(unique.values())
     spec_name = model or model_registry.DEFAULT_MODEL
     identity = run_identity(task, spec_name, inputs, adapter=str(adapter) if adapter else None,
-                            section=section, max_tokens=opts.max_tokens, temperature=opts.temperature)
+                            section=section, max_tokens=opts.max_tokens, temperature=opts.temperature,
+                            **({"best_of": best_of} if task == "summarize" else {}))
     with user_errors():
         writer = OutputWriter(output_path, identity, overwrite=overwrite)
     todo = [r for r in records if r.id not in writer.done]
@@ -329,7 +336,7 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
                     break
                 try:
                     if task == "summarize":
-                        result = summarize(be, r.text, r.section or section, opts, cancel=token)
+                        result = summarize(be, r.text, r.section or section, opts, cancel=token, best_of=best_of)
                         out = {"id": r.id, "summary": result.text}
                     else:
                         result = answer(be, r.text, options=opts, cancel=token)

@@ -32,6 +32,13 @@ ANSWER_MAX_TOKENS = 384
 # 1.0, 36.3 at 1.05, 37.1 at 1.1, 36.9 at 1.15, 35.6 at 1.2): decoding greedily, a small
 # model otherwise loops on a sentence until the length limit.
 SUMMARY_REPEAT_PENALTY = 1.1
+# A summary is chosen among the greedy one and SUMMARY_BEST_OF - 1 samples
+# (assistant/best_of.py). On the MTS-Dialog validation split (100 dialogues, shipped
+# model) ROUGE-1 is 37.1 greedy, 37.9 best of 3, 39.0 best of 5, 40.6 best of 9, at
+# about four times the time of one greedy draft (the prompt is processed once and
+# reused; only decoding repeats).
+SUMMARY_BEST_OF = 9
+BEST_OF_TEMPERATURE, BEST_OF_TOP_P = 0.7, 0.95
 
 
 def summary_options(**overrides) -> GenerationOptions:
@@ -183,14 +190,26 @@ def summarize(
     cancel: CancelToken | None = None,
     on_progress: ProgressCallback | None = None,
     max_chunk_tokens: int | None = None,
+    best_of: int = 1,
+    examples=None,
 ) -> TaskResult:
+    """`best_of` > 1 drafts that many candidates and returns the one `best_of.choose`
+    prefers, judged with the notes of similar visits from `examples` (a
+    `note_examples.NoteExamples`; the shipped ones by default). `on_text` then gets
+    the chosen text once, at the end. A transcript split into parts is summarized
+    with one draft per call."""
     if not dialogue or not dialogue.strip():
         raise TaskError("the transcript is empty")
+    if best_of < 1:
+        raise TaskError(f"best_of must be at least 1, not {best_of}")
     opts = options or summary_options()
     budget = _budget(backend, summary_messages("", section), opts.max_tokens)
     if max_chunk_tokens:
         budget = min(budget, max_chunk_tokens)
     if backend.count_tokens(dialogue) <= budget:
+        if best_of > 1:
+            return _summarize_best_of(backend, dialogue, section, opts, best_of, examples,
+                                      on_text, cancel, on_progress)
         text, stats = _run(backend, summary_messages(dialogue, section), opts, on_text, cancel)
         return TaskResult(text, backend.model_name, stats)
 
@@ -217,6 +236,45 @@ def summarize(
     merged, merge_stats, merge_calls = _merge(backend, summaries, title, opts, on_text, cancel, budget)
     total = _add(total, merge_stats)
     return TaskResult(merged, backend.model_name, total, calls + merge_calls)
+
+
+def _summarize_best_of(backend: Backend, dialogue: str, section: str | None, opts: GenerationOptions,
+                       n: int, examples, on_text: TextCallback | None, cancel: CancelToken | None,
+                       on_progress: ProgressCallback | None) -> TaskResult:
+    from . import best_of, note_examples
+
+    messages = summary_messages(dialogue, section)
+    # The first draft is the one asked for (greedy by default); the others are samples
+    # with their own seeds, so the whole choice is reproducible.
+    sample = dataclasses.replace(opts, temperature=opts.temperature or BEST_OF_TEMPERATURE,
+                                 top_p=opts.top_p if opts.top_p < 1.0 else BEST_OF_TOP_P)
+    drafts: list[tuple[str, GenerationStats]] = []
+    total: GenerationStats | None = None
+    for i in range(n):
+        if on_progress:
+            on_progress("candidate", i, n)
+        draft_opts = opts if i == 0 else dataclasses.replace(sample, seed=opts.seed + i)
+        text, stats = _run(backend, messages, draft_opts, None, cancel)
+        total = _add(total, stats)
+        if stats.finish_reason == "cancelled":
+            if not drafts:  # keep what the first draft got to
+                drafts.append((text, stats))
+            break
+        drafts.append((text, stats))
+    if on_progress:
+        on_progress("candidate", len(drafts), n)
+    cancelled = total.finish_reason == "cancelled"
+    texts = [t for t, _ in drafts]
+    if len(texts) > 1:
+        notes = (examples if examples is not None else note_examples.load()).similar(dialogue, section, k=best_of.EXAMPLES)
+        chosen = best_of.choose(texts, notes)
+    else:
+        chosen = 0
+    total.finish_reason = "cancelled" if cancelled else drafts[chosen][1].finish_reason
+    if on_text is not None and texts[chosen]:
+        on_text(texts[chosen])
+    return TaskResult(texts[chosen], backend.model_name, total, len(drafts),
+                      meta={"best_of": n, "drafts": len(texts), "chosen": chosen})
 
 
 def _merge(backend: Backend, summaries: list[str], title: str, opts: GenerationOptions,

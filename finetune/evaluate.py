@@ -20,6 +20,7 @@ import shlex
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -97,8 +98,16 @@ def _stream(backend: Backend, messages: list[Message], opts: GenerationOptions) 
     return "".join(backend.stream(messages, opts)).strip()
 
 
+@dataclass(frozen=True)
+class SummaryDecoding:
+    """How summaries are decoded: the app's settings unless a sweep overrides one.
+    Sweeps (repeat penalty, drafts) are run on mts-valid only."""
+    repeat_penalty: float | None = None  # None: tasks.SUMMARY_REPEAT_PENALTY
+    best_of: int = tasks.SUMMARY_BEST_OF
+
+
 def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions,
-             suite: str = "", summary_repeat_penalty: float | None = None) -> tuple[str, dict]:
+             suite: str = "", summary: SummaryDecoding = SummaryDecoding()) -> tuple[str, dict]:
     """The model's output for one record, produced the way the app would produce it,
     with what else the app reports (the sources an answer cites)."""
     inputs = record["meta"]["inputs"]
@@ -106,9 +115,14 @@ def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions
         if style == "issue-baseline":
             prompt = ISSUE_BASELINE.format(section=inputs["section"], dialogue=inputs["dialogue"].strip())
             return _stream(backend, [{"role": "user", "content": prompt}], opts), {}
-        # The app's decoding settings; a penalty given here is how the app's default is chosen.
-        opts = tasks.summary_options(max_tokens=opts.max_tokens, repeat_penalty=summary_repeat_penalty)
-        return tasks.summarize(backend, inputs["dialogue"], inputs["section"], options=opts).text, {}
+        # The app's decoding settings; a value given here is how the app's default is chosen.
+        opts = tasks.summary_options(max_tokens=opts.max_tokens, repeat_penalty=summary.repeat_penalty)
+        result = tasks.summarize(backend, inputs["dialogue"], inputs["section"], options=opts,
+                                 best_of=summary.best_of)
+        extra = {"finish_reason": result.stats.finish_reason}
+        if "chosen" in result.meta:
+            extra["chosen_draft"] = result.meta["chosen"]
+        return result.text, extra
     if record["task"] == "answer":
         grounded = suite != "medquad-ungrounded"
         result = tasks.answer(backend, inputs["question"], options=opts, grounded=grounded, safety=grounded)
@@ -142,17 +156,19 @@ def score_suite(suite: str, rows: list[dict]) -> dict:
 
 
 def run_generation(backend: StatsRecorder, suite: str, records: list[dict], style: str,
-                   max_tokens: int, predictions, summary_repeat_penalty: float | None = None) -> dict:
+                   max_tokens: int, predictions, summary: SummaryDecoding = SummaryDecoding()) -> dict:
     opts = GenerationOptions(max_tokens=max_tokens, temperature=0.0)
     rows = []
     for i, record in enumerate(records, 1):
         before = len(backend.calls)
-        text, extra = generate(backend, record, style, opts, suite, summary_repeat_penalty)
+        text, extra = generate(backend, record, style, opts, suite, summary)
         calls = backend.calls[before:]
+        # With several drafts, the chosen one's reason, not the last draft's.
+        finish_reason = extra.pop("finish_reason", None) or (calls[-1].finish_reason if calls else None)
         row = {
             "suite": suite, "id": record["id"], "prediction": text, "reference": record["reference"],
             "completion_tokens": sum(s.completion_tokens for s in calls), "calls": len(calls),
-            "finish_reason": calls[-1].finish_reason if calls else None,
+            "finish_reason": finish_reason,
             **({"label": record["meta"]["label"]} if suite == "pubmedqa" else {}),
             "rouge": {k: round(v, 2) for k, v in metrics.rouge_one(text, record["reference"]).items()},
             **extra,
@@ -327,6 +343,7 @@ def evaluate(args, backend: Backend | None = None) -> dict:
         inner = load_backend(spec, backend=args.backend, **_thread_options(spec, args))
         print(f"loaded {inner.model_name} on {inner.name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     recorder = StatsRecorder(inner) if inner is not None else None
+    summary = SummaryDecoding(repeat_penalty=args.repeat_penalty, best_of=args.best_of)
     results: dict[str, dict] = {}
     with out.with_suffix(".predictions.jsonl").open("w", encoding="utf-8") as predictions:
         pool = read_jsonl(data / "test.jsonl") if set(gen) - set(VALID_SUITES) else []
@@ -338,7 +355,7 @@ def evaluate(args, backend: Backend | None = None) -> dict:
                 print(f"  {suite}: no records in {data / 'test.jsonl'}, skipped", file=sys.stderr)
                 continue
             results[suite] = run_generation(recorder, suite, records, args.prompt_style, args.max_tokens, predictions,
-                                            args.repeat_penalty)
+                                            summary)
     if "ppl" in suites:
         results["ppl"] = run_perplexity(spec, inner, read_jsonl(data / "valid.jsonl"), args.limit)
     result = {
@@ -347,8 +364,9 @@ def evaluate(args, backend: Backend | None = None) -> dict:
         "adapter": args.adapter,
         "backend": inner.name if inner is not None else "transformers",
         "prompt_style": args.prompt_style,
-        "decoding": {"greedy": True, "max_tokens": args.max_tokens, "threads": getattr(args, "threads", None),
-                     "summary_repeat_penalty": tasks.summary_options(repeat_penalty=args.repeat_penalty).repeat_penalty},
+        "decoding": {"greedy": args.best_of == 1, "max_tokens": args.max_tokens, "threads": getattr(args, "threads", None),
+                     "summary_repeat_penalty": tasks.summary_options(repeat_penalty=args.repeat_penalty).repeat_penalty,
+                     "summary_best_of": args.best_of},
         "data": str(data),
         "limit": args.limit,
         "limited": bool(args.limit),
@@ -378,6 +396,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--repeat-penalty", type=float,
                    help="repeat penalty for summaries (default: the app's); sweep it on mts-valid only")
+    p.add_argument("--best-of", type=int, default=tasks.SUMMARY_BEST_OF,
+                   help=f"drafts per summary, the best one kept (default: the app's, {tasks.SUMMARY_BEST_OF}; "
+                        "1: greedy only); sweep it on mts-valid only")
     p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="runtime",
                    help="issue-baseline: the issue's raw prompt for summaries (section code, no system prompt)")
     p.add_argument("--threads", type=int, help="CPU threads for decoding (default: all cores)")

@@ -226,6 +226,7 @@ class HealthAssistantApp(App[int]):
         answer_options: GenerationOptions | None = None,
         summary_options: GenerationOptions | None = None,
         section: str | None = None,
+        summary_best_of: int = tasks.SUMMARY_BEST_OF,
         answer_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
@@ -241,6 +242,7 @@ class HealthAssistantApp(App[int]):
         self.answer_options = answer_options or GenerationOptions(max_tokens=tasks.ANSWER_MAX_TOKENS)
         self.summary_options = summary_options or tasks.summary_options()
         self.section = section
+        self.summary_best_of = summary_best_of
         # Extra keyword arguments of tasks.answer (knowledge=, grounded=, safety=); tests
         # pass grounded=False so a fake model's text comes back as it is.
         self.answer_kwargs = dict(answer_kwargs or {})
@@ -702,12 +704,13 @@ class HealthAssistantApp(App[int]):
             job.forwarder.put(piece)
 
         def on_progress(stage: str, done: int, total: int) -> None:
-            self._ui(self._job_progress, job, done, total)
+            self._ui(self._job_progress, job, stage, done, total)
 
         try:
             if job.turn.task == SUMMARIZE:
                 result = tasks.summarize(backend, job.turn.question, self.section, job.options,
-                                         on_text=on_text, cancel=job.cancel, on_progress=on_progress)
+                                         on_text=on_text, cancel=job.cancel, on_progress=on_progress,
+                                         best_of=self.summary_best_of)
             else:
                 result = tasks.answer(backend, job.turn.question, job.history, job.options,
                                       on_text=on_text, cancel=job.cancel, **self.answer_kwargs)
@@ -731,8 +734,10 @@ class HealthAssistantApp(App[int]):
             job.view.set_note("writing…")
         self.query_one(StatusLine).set_state("writing…", "busy")
 
-    def _job_progress(self, job: Job, done: int, total: int) -> None:
-        if done < total:
+    def _job_progress(self, job: Job, stage: str, done: int, total: int) -> None:
+        if stage == "candidate":
+            job.view.set_note(f"drafting {done + 1} of {total}…" if done < total else "choosing the best draft…")
+        elif done < total:
             job.view.set_note(f"summarizing part {done + 1} of {total}…")
         else:
             job.view.set_note(f"merging {total} partial summaries…")
