@@ -5,6 +5,7 @@ import json
 import signal
 import sys
 import time
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -274,7 +275,9 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
         store = open_log(db, no_log)
         be = open_backend(model, adapter, backend)
         token = CancelToken()
-        with sigint_cancels(token), user_errors():
+        # Drafts are not streamed (only the chosen one is shown), so say what is going on.
+        waiting = err.status(f"drafting {best_of} summaries…") if best_of > 1 else contextlib.nullcontext()
+        with sigint_cancels(token), user_errors(), waiting:
             result = summarize(be, good[0].text, good[0].section or section, opts, on_text=_echo, cancel=token,
                                best_of=best_of)
         click.echo()

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from assistant import cli as cli_module
 from assistant.cli import cli
+from assistant.tasks import BEST_OF_TEMPERATURE, SUMMARY_BEST_OF
 from fakes import FakeBackend
 
 
@@ -115,8 +116,25 @@ def test_resume_skips_written_ids_and_repairs_a_cut_line(tmp_path, fake):
     result = run("summarize", src, "-o", out)
     assert result.exit_code == 0
     assert "resuming: 2 already" in result.output
-    assert len(fake.prompts) == 2
+    assert len(fake.prompts) == 2 * SUMMARY_BEST_OF  # two records, every draft of each
     assert [r["id"] for r in lines(out)] == ["0", "1", "2", "3"]
+
+
+def test_best_of_sets_the_drafts_per_summary_and_is_part_of_the_run(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}, {"id": "2", "dialogue": "Doctor: b."}])
+    out = tmp_path / "out.jsonl"
+    assert run("summarize", src, "-o", out, "--best-of", "3").exit_code == 0
+    assert len(fake.prompts) == 6
+    assert [o.temperature for o in fake.options[:3]] == [0.0, BEST_OF_TEMPERATURE, BEST_OF_TEMPERATURE]
+    assert lines(out)[1]["summary"] == "summary of b."
+    # resuming with another number of drafts would mix two kinds of output
+    result = run("summarize", src, "-o", out, "--best-of", "1")
+    assert result.exit_code == 1 and "different run" in result.output and "best_of" in result.output
+    fake.prompts.clear()
+    assert run("summarize", src, "-o", tmp_path / "fast.jsonl", "--best-of", "1").exit_code == 0
+    assert len(fake.prompts) == 2
+    result = run("summarize", src, "-o", tmp_path / "x.jsonl", "--best-of", "0")
+    assert result.exit_code == 2 and "--best-of" in result.output
 
 
 def test_output_of_another_run_is_not_overwritten(tmp_path, fake):

@@ -93,6 +93,10 @@ REPLIES = {
 }
 
 
+def out_predictions(out: Path) -> list[str]:
+    return out.with_suffix(".predictions.jsonl").read_text(encoding="utf-8").splitlines()
+
+
 def _run(data: Path, out: Path, *extra: str, backend=None):
     args = evaluate.parser().parse_args(["--data", str(data), "--out", str(out), *extra])
     args.argv = []
@@ -131,7 +135,8 @@ def test_mts_valid_suite_reads_the_validation_split_only(data, tmp_path):
     s = result["suites"]
     assert list(s) == ["mts-valid"] and s["mts-valid"]["n"] == 1
     assert s["mts-valid"]["rouge1"] == pytest.approx(200 / 3, abs=0.01)  # P 2/2, R 2/4 ("Knee pain on stairs.")
-    assert len(backend.prompts) == 1 and "climb stairs" in backend.prompts[0][-1]["content"]
+    assert len(backend.prompts) == tasks.SUMMARY_BEST_OF  # the app's drafts, all of one prompt
+    assert all("climb stairs" in p[-1]["content"] for p in backend.prompts)
 
 
 def test_summary_rows_are_updated_by_label(data, tmp_path):
@@ -160,14 +165,21 @@ def test_max_tokens_reaches_the_backend(data, tmp_path):
 
 
 def test_summary_repeat_penalty_is_the_apps_unless_given(data, tmp_path):
+    drafts = 2 * tasks.SUMMARY_BEST_OF  # two dialogues
     result, backend = _run(data, tmp_path / "e" / "default.json", "--suites", "mts-test1,medquad")
-    summaries, answer = backend.options[:2], backend.options[2]
-    assert [o.repeat_penalty for o in summaries] == [tasks.SUMMARY_REPEAT_PENALTY] * 2 != [1.0, 1.0]
-    assert answer.repeat_penalty == 1.0  # answers are not summaries
+    summaries, answer = backend.options[:drafts], backend.options[drafts]
+    assert len(backend.options) == drafts + 1
+    assert [o.repeat_penalty for o in summaries] == [tasks.SUMMARY_REPEAT_PENALTY] * drafts
+    assert tasks.SUMMARY_REPEAT_PENALTY != 1.0
+    assert answer.repeat_penalty == 1.0 and answer.temperature == 0.0  # answers are not summaries
     assert result["decoding"]["summary_repeat_penalty"] == tasks.SUMMARY_REPEAT_PENALTY
-    result, backend = _run(data, tmp_path / "e" / "swept.json", "--suites", "mts-valid", "--repeat-penalty", "1.05")
+    assert result["decoding"]["summary_best_of"] == tasks.SUMMARY_BEST_OF and not result["decoding"]["greedy"]
+    rows = [json.loads(l) for l in out_predictions(tmp_path / "e" / "default.json")]
+    assert rows[0]["calls"] == tasks.SUMMARY_BEST_OF and rows[0]["chosen_draft"] == 0  # canned: all drafts alike
+    result, backend = _run(data, tmp_path / "e" / "swept.json", "--suites", "mts-valid", "--repeat-penalty", "1.05",
+                           "--best-of", "1")
     assert [o.repeat_penalty for o in backend.options] == [1.05]
-    assert result["decoding"]["summary_repeat_penalty"] == 1.05
+    assert result["decoding"]["summary_repeat_penalty"] == 1.05 and result["decoding"]["greedy"]
 
 
 def test_perplexity_suite(data, tmp_path, tiny_llama_dir):
