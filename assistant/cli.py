@@ -432,7 +432,7 @@ def _params(n):
 
 
 @cli.command()
-@click.argument("what", type=click.Choice(["runtime", "logging"]), default="runtime")
+@click.argument("what", type=click.Choice(["runtime", "logging", "best-of"]), default="runtime")
 @click.option("--model", "-m", default=None)
 @click.option("--tokens", type=click.IntRange(8), default=128, show_default=True, help="New tokens per reply.")
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
@@ -442,13 +442,19 @@ def bench(what, model, tokens, repeats, skip_transformers):
 
     runtime: decode speed and time to first token of the runtime vs raw
     llama-cpp-python vs transformers. logging: the cost of logging a streamed
-    reply relative to not logging it."""
+    reply relative to not logging it. best-of: the time of a summary chosen among
+    the default number of drafts relative to one greedy draft (--repeats transcripts)."""
     with user_errors():
         if what == "runtime":
             from .bench import run_bench
 
             result = run_bench(model, tokens, repeats, include_transformers=not skip_transformers,
                                log=lambda m: err.print(f"[dim]{m}[/]"))
+        elif what == "best-of":
+            from . import bench_best_of
+
+            result = bench_best_of.run(open_backend(model, None, None), transcripts=repeats,
+                                       log=lambda m: err.print(f"[dim]{m}[/]"))
         else:
             from . import bench_logging
 

@@ -48,12 +48,14 @@ def section_code(section: str | None) -> str | None:
 class NoteExamples:
     def __init__(self, notes: list[dict]) -> None:
         self.notes = [n["note"] for n in notes]
-        self._section = []  # per dialogue
-        self._owner = []  # per dialogue: index into self.notes
+        self.dialogues: list[str] = []
+        self.sections: list[str] = []  # per dialogue
+        self._owner: list[int] = []  # per dialogue: index into self.notes
         counts = []
         for i, entry in enumerate(notes):
             for dialogue in entry["dialogues"]:
-                self._section.append(entry["section"])
+                self.dialogues.append(dialogue)
+                self.sections.append(entry["section"])
                 self._owner.append(i)
                 counts.append(_words(dialogue))
         df = Counter(word for c in counts for word in c)
@@ -95,7 +97,7 @@ class NoteExamples:
         scores: dict[int, float] = defaultdict(float)
         for w, x in self._unit(_words(dialogue)).items():
             for d, y in self._postings.get(w, ()):
-                if code is None or self._section[d] == code:
+                if code is None or self.sections[d] == code:
                     scores[d] += x * y
         best: dict[int, float] = {}
         for d, s in scores.items():

@@ -175,3 +175,15 @@ def test_cancelling_between_drafts_keeps_the_drafts_so_far():
 def test_best_of_below_one_is_an_error(word_backend):
     with pytest.raises(TaskError, match="best_of must be at least 1"):
         summarize(word_backend, "Doctor: hi.", best_of=0)
+
+
+def test_bench_best_of_reports_the_time_ratio_on_shipped_dialogues():
+    from assistant import bench_best_of
+
+    ex = NoteExamples(NOTES)
+    assert [s for _, s in bench_best_of.sample_dialogues(5, ex)] == ["ALLERGY", "FAM/SOCHX"]
+    be = FakeBackend(reply="A two word note here.", delay=0.002)
+    result = bench_best_of.run(be, best_of=4, transcripts=2, examples=ex, log=lambda m: None)
+    assert result["transcripts"] == 2
+    assert result["completion_tokens"] == {"greedy": 2 * 5, "best_of": 2 * 4 * 5}
+    assert result["ratio_time_best_of_vs_greedy"] > 2  # four drafts of equal length each time
