@@ -1,11 +1,11 @@
 """The `assistant` command."""
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import time
-import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 

@@ -266,8 +266,8 @@ def _summarize_best_of(backend: Backend, dialogue: str, section: str | None, opt
     cancelled = total.finish_reason == "cancelled"
     texts = [t for t, _ in drafts]
     if len(texts) > 1:
-        notes = (examples if examples is not None else note_examples.load()).similar(dialogue, section, k=best_of.EXAMPLES)
-        chosen = best_of.choose(texts, notes)
+        library = examples if examples is not None else note_examples.load()
+        chosen = best_of.choose(texts, library.similar(dialogue, section, k=best_of.EXAMPLES))
     else:
         chosen = 0
     total.finish_reason = "cancelled" if cancelled else drafts[chosen][1].finish_reason

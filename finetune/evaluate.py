@@ -343,7 +343,9 @@ def evaluate(args, backend: Backend | None = None) -> dict:
         inner = load_backend(spec, backend=args.backend, **_thread_options(spec, args))
         print(f"loaded {inner.model_name} on {inner.name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     recorder = StatsRecorder(inner) if inner is not None else None
-    summary = SummaryDecoding(repeat_penalty=args.repeat_penalty, best_of=args.best_of)
+    # The issue's baseline prompt is the raw model's, one greedy draft.
+    best_of = 1 if args.prompt_style == "issue-baseline" else args.best_of
+    summary = SummaryDecoding(repeat_penalty=args.repeat_penalty, best_of=best_of)
     results: dict[str, dict] = {}
     with out.with_suffix(".predictions.jsonl").open("w", encoding="utf-8") as predictions:
         pool = read_jsonl(data / "test.jsonl") if set(gen) - set(VALID_SUITES) else []
@@ -364,9 +366,9 @@ def evaluate(args, backend: Backend | None = None) -> dict:
         "adapter": args.adapter,
         "backend": inner.name if inner is not None else "transformers",
         "prompt_style": args.prompt_style,
-        "decoding": {"greedy": args.best_of == 1, "max_tokens": args.max_tokens, "threads": getattr(args, "threads", None),
+        "decoding": {"greedy": best_of == 1, "max_tokens": args.max_tokens, "threads": getattr(args, "threads", None),
                      "summary_repeat_penalty": tasks.summary_options(repeat_penalty=args.repeat_penalty).repeat_penalty,
-                     "summary_best_of": args.best_of},
+                     "summary_best_of": best_of},
         "data": str(data),
         "limit": args.limit,
         "limited": bool(args.limit),
@@ -383,6 +385,13 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     return result
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Evaluate a model through the runtime's task layer.")
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -396,7 +405,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--repeat-penalty", type=float,
                    help="repeat penalty for summaries (default: the app's); sweep it on mts-valid only")
-    p.add_argument("--best-of", type=int, default=tasks.SUMMARY_BEST_OF,
+    p.add_argument("--best-of", type=_at_least_one, default=tasks.SUMMARY_BEST_OF,
                    help=f"drafts per summary, the best one kept (default: the app's, {tasks.SUMMARY_BEST_OF}; "
                         "1: greedy only); sweep it on mts-valid only")
     p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="runtime",

@@ -157,6 +157,13 @@ def test_limit_and_issue_baseline_prompt(data, tmp_path):
     (prompt,) = backend.prompts
     assert prompt == [{"role": "user", "content": "Summarize the following doctor-patient conversation as the 'CC' "
                        "section of a clinical note.\n\nDoctor: Any pain?\nPatient: My knee hurts."}]
+    assert result["decoding"]["greedy"] and result["decoding"]["summary_best_of"] == 1
+
+
+def test_best_of_below_one_is_refused(data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.parser().parse_args(["--out", str(tmp_path / "x.json"), "--best-of", "0"])
+    assert "--best-of: must be at least 1, not 0" in capsys.readouterr().err
 
 
 def test_max_tokens_reaches_the_backend(data, tmp_path):
