@@ -34,20 +34,6 @@ def _words(text: str) -> Counter:
     return Counter(_WORD.findall(text.lower()))
 
 
-def section_code(section: str | None) -> str | None:
-    """'GENHX' or its title 'History of Present Illness' -> 'GENHX'; anything else -> None."""
-    if not section:
-        return None
-    key = section.strip().upper()
-    names = prompts.section_names()
-    if key in names:
-        return key
-    for code, title in names.items():
-        if title.upper() == key:
-            return code
-    return None
-
-
 class NoteExamples:
     def __init__(self, notes: list[dict]) -> None:
         self.notes = [n["note"] for n in notes]
@@ -96,7 +82,7 @@ class NoteExamples:
     def similar(self, dialogue: str, section: str | None = None, k: int = 5) -> list[str]:
         """Notes of the `k` training visits most like `dialogue`, best first, each note
         once. With a known section only notes of that section count; otherwise all."""
-        code = section_code(section)
+        code = prompts.section_code(section)
         scores: dict[int, float] = defaultdict(float)
         for w, x in self._unit(_words(dialogue)).items():
             for d, y in self._postings.get(w, ()):

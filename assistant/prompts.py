@@ -31,3 +31,17 @@ def section_title(section: str | None) -> str | None:
     if not section:
         return None
     return section_names().get(section.strip().upper(), section.strip())
+
+
+def section_code(section: str | None) -> str | None:
+    """'GENHX' or its title 'History of Present Illness' -> 'GENHX'; anything else -> None."""
+    if not section:
+        return None
+    key = section.strip().upper()
+    names = section_names()
+    if key in names:
+        return key
+    for code, title in names.items():
+        if title.upper() == key:
+            return code
+    return None

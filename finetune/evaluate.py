@@ -119,10 +119,7 @@ def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions
         opts = tasks.summary_options(max_tokens=opts.max_tokens, repeat_penalty=summary.repeat_penalty)
         result = tasks.summarize(backend, inputs["dialogue"], inputs["section"], options=opts,
                                  best_of=summary.best_of)
-        extra = {"finish_reason": result.stats.finish_reason}
-        if "chosen" in result.meta:
-            extra["chosen_draft"] = result.meta["chosen"]
-        return result.text, extra
+        return result.text, ({"chosen_draft": result.meta["chosen"]} if "chosen" in result.meta else {})
     if record["task"] == "answer":
         grounded = suite != "medquad-ungrounded"
         result = tasks.answer(backend, inputs["question"], options=opts, grounded=grounded, safety=grounded)
@@ -163,8 +160,8 @@ def run_generation(backend: StatsRecorder, suite: str, records: list[dict], styl
         before = len(backend.calls)
         text, extra = generate(backend, record, style, opts, suite, summary)
         calls = backend.calls[before:]
-        # With several drafts, the chosen one's reason, not the last draft's.
-        finish_reason = extra.pop("finish_reason", None) or (calls[-1].finish_reason if calls else None)
+        # With several drafts (one call each), the chosen one's reason, not the last draft's.
+        finish_reason = calls[extra.get("chosen_draft", -1)].finish_reason if calls else None
         row = {
             "suite": suite, "id": record["id"], "prediction": text, "reference": record["reference"],
             "completion_tokens": sum(s.completion_tokens for s in calls), "calls": len(calls),

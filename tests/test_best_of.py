@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant import best_of, note_examples
+from assistant import best_of, note_examples, prompts
 from assistant.backends.base import CancelToken
 from assistant.note_examples import NoteExamples
 from assistant.tasks import BEST_OF_TEMPERATURE, TaskError, summarize
@@ -72,10 +72,10 @@ def test_a_note_written_for_several_dialogues_comes_back_once():
 
 
 def test_section_codes():
-    assert note_examples.section_code("genhx") == "GENHX"
-    assert note_examples.section_code("History of Present Illness") == "GENHX"
-    assert note_examples.section_code("a section nobody has") is None
-    assert note_examples.section_code(None) is None
+    assert prompts.section_code("genhx") == "GENHX"
+    assert prompts.section_code("History of Present Illness") == "GENHX"
+    assert prompts.section_code("a section nobody has") is None
+    assert prompts.section_code(None) is None
 
 
 def test_a_broken_notes_file_names_the_line(tmp_path):
