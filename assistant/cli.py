@@ -20,7 +20,7 @@ from .cli_logs import logs
 from .models import ModelError
 from .store import Store, StoreError, open_store
 from .tasks import (ANSWER_MAX_TOKENS, SUMMARY_BEST_OF, SUMMARY_MAX_TOKENS, SUMMARY_REPEAT_PENALTY, TaskError, answer,
-                    summarize, summary_options)
+                    summarize, summary_drafts, summary_options)
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -249,9 +249,10 @@ def ask(question, input_path, output_path, overwrite, model, adapter, backend,
 @generation_options(SUMMARY_MAX_TOKENS)
 @click.option("--repeat-penalty", type=click.FloatRange(1.0), default=None,
               help=f"Penalty for repeating tokens (default {SUMMARY_REPEAT_PENALTY}, chosen on validation data).")
-@click.option("--best-of", type=click.IntRange(1, 64), default=SUMMARY_BEST_OF, show_default=True,
+@click.option("--best-of", type=click.IntRange(1, 64), default=None,
               help="Drafts per summary; the one closest to the others and to notes of similar visits is kept. "
-                   "1 is fastest (one greedy draft, streamed).")
+                   f"Default: {SUMMARY_BEST_OF} for a section MTS-Dialog names (GENHX, 'Plan', ...), 1 for other "
+                   "sections and whole-visit notes. 1 is fastest (one greedy draft, streamed).")
 @log_options
 def summarize_cmd(inputs, output_path, section, id_column, text_column, section_column, overwrite,
                   model, adapter, backend, max_tokens, temperature, seed, repeat_penalty, best_of, no_log, db):
@@ -276,10 +277,11 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
         be = open_backend(model, adapter, backend)
         token = CancelToken()
         # Drafts are not streamed (only the chosen one is shown), so say what is going on.
-        waiting = err.status(f"drafting {best_of} summaries…") if best_of > 1 else contextlib.nullcontext()
+        drafts = best_of or summary_drafts(good[0].section or section)
+        waiting = err.status(f"drafting {drafts} summaries…") if drafts > 1 else contextlib.nullcontext()
         with sigint_cancels(token), user_errors(), waiting:
             result = summarize(be, good[0].text, good[0].section or section, opts, on_text=_echo, cancel=token,
-                               best_of=best_of)
+                               best_of=drafts)
         click.echo()
         if store is not None:
             with user_errors():
@@ -297,7 +299,7 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
 
 
 def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, opts, columns,
-               section=None, store: Store | None = None, best_of: int = 1) -> int:
+               section=None, store: Store | None = None, best_of: int | None = 1) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     records: list[Record] = []
@@ -315,7 +317,7 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
     spec_name = model or model_registry.DEFAULT_MODEL
     identity = run_identity(task, spec_name, inputs, adapter=str(adapter) if adapter else None,
                             section=section, max_tokens=opts.max_tokens, temperature=opts.temperature,
-                            **({"best_of": best_of} if task == "summarize" else {}))
+                            **({"best_of": best_of or "per section"} if task == "summarize" else {}))
     with user_errors():
         writer = OutputWriter(output_path, identity, overwrite=overwrite)
     todo = [r for r in records if r.id not in writer.done]

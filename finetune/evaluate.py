@@ -4,8 +4,9 @@
         --data build/data/v1 --limit 20 --out runs/eval/base.json
     python -m finetune.evaluate plot runs/eval/*.json --out finetune/eval.png
 
-Generation suites read test.jsonl (`mts-valid`: valid.jsonl) and decode greedily
-through `load_backend` and `assistant.tasks` (or the finetune.formats builders),
+Generation suites read test.jsonl (`mts-valid`, `aci-valid`: valid.jsonl) and decode as
+the app does (a summary of an MTS-Dialog section is the best of nine drafts, the rest is
+greedy) through `load_backend` and `assistant.tasks` (or the finetune.formats builders),
 so what is scored is what a user would get. `ppl` scores valid.jsonl with the transformers model:
 the NLL of the reference tokens only. Results go to --out (metrics), a sibling
 .predictions.jsonl (one line per example) and runs/eval/summary.md (one row
@@ -33,9 +34,11 @@ from . import formats, metrics
 # "medquad" answers the way the app does (triage, retrieval, grounded prompt, sources);
 # "medquad-ungrounded" asks the model the bare question, for comparison.
 GENERATION_SUITES = ("mts-test1", "mts-test2", "aci", "meqsum", "medquad", "medquad-ungrounded",
-                     "pubmedqa", "dialogsum", "mts-valid")
+                     "pubmedqa", "dialogsum", "mts-valid", "aci-valid")
 # Suites on valid.jsonl: where decoding settings and checkpoints are chosen, never on a test split.
-VALID_SUITES = ("mts-valid",)
+VALID_SUITES = ("mts-valid", "aci-valid")
+# Suites whose summaries are of MTS-Dialog sections, which get several drafts by default.
+MTS_SUITES = ("mts-test1", "mts-test2", "mts-valid")
 SUITES = GENERATION_SUITES + ("ppl",)
 PROMPT_STYLES = ("runtime", "issue-baseline")
 # The prompt of the issue's baseline (R1 13.9 / R2 4.1 / RL 11.1 on test1): raw section
@@ -47,7 +50,9 @@ def suite_of(record: dict) -> str | None:
     source, suite = record["source"], record["meta"].get("suite")
     if source == "mts-dialog":
         return "mts-valid" if record.get("split") == "valid" else suite
-    return "aci" if source == "aci-bench" else source
+    if source == "aci-bench":
+        return "aci-valid" if record.get("split") == "valid" else "aci"
+    return source
 
 
 def select(records: Sequence[dict], suite: str, limit: int | None) -> list[dict]:
@@ -101,9 +106,9 @@ def _stream(backend: Backend, messages: list[Message], opts: GenerationOptions) 
 @dataclass(frozen=True)
 class SummaryDecoding:
     """How summaries are decoded: the app's settings unless a sweep overrides one.
-    Sweeps (repeat penalty, drafts) are run on mts-valid only."""
+    Sweeps (repeat penalty, drafts) are run on validation suites only."""
     repeat_penalty: float | None = None  # None: tasks.SUMMARY_REPEAT_PENALTY
-    best_of: int = tasks.SUMMARY_BEST_OF
+    best_of: int | None = None  # None: the app's default for each section (tasks.summary_drafts)
 
 
 def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions,
@@ -363,9 +368,9 @@ def evaluate(args, backend: Backend | None = None) -> dict:
         "adapter": args.adapter,
         "backend": inner.name if inner is not None else "transformers",
         "prompt_style": args.prompt_style,
-        "decoding": {"greedy": best_of == 1, "max_tokens": args.max_tokens, "threads": getattr(args, "threads", None),
+        "decoding": {"greedy": _greedy(gen, best_of), "max_tokens": args.max_tokens, "threads": getattr(args, "threads", None),
                      "summary_repeat_penalty": tasks.summary_options(repeat_penalty=args.repeat_penalty).repeat_penalty,
-                     "summary_best_of": best_of},
+                     "summary_best_of": best_of or "per section"},
         "data": str(data),
         "limit": args.limit,
         "limited": bool(args.limit),
@@ -380,6 +385,13 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     update_summary(Path(args.summary) if args.summary else out.parent / "summary.md", result)
     return result
+
+
+def _greedy(suites: Sequence[str], best_of: int | None) -> bool:
+    """Whether every summary of the run is one greedy draft."""
+    if best_of is not None:
+        return best_of == 1
+    return not set(suites) & set(MTS_SUITES)
 
 
 def _at_least_one(text: str) -> int:
@@ -402,9 +414,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--repeat-penalty", type=float,
                    help="repeat penalty for summaries (default: the app's); sweep it on mts-valid only")
-    p.add_argument("--best-of", type=_at_least_one, default=tasks.SUMMARY_BEST_OF,
-                   help=f"drafts per summary, the best one kept (default: the app's, {tasks.SUMMARY_BEST_OF}; "
-                        "1: greedy only); sweep it on mts-valid only")
+    p.add_argument("--best-of", type=_at_least_one, default=None,
+                   help=f"drafts per summary, the best one kept (default: the app's, {tasks.SUMMARY_BEST_OF} for "
+                        "MTS-Dialog sections and 1 for others; 1: greedy only); sweep it on validation suites only")
     p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="runtime",
                    help="issue-baseline: the issue's raw prompt for summaries (section code, no system prompt)")
     p.add_argument("--threads", type=int, help="CPU threads for decoding (default: all cores)")

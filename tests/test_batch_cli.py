@@ -116,7 +116,7 @@ def test_resume_skips_written_ids_and_repairs_a_cut_line(tmp_path, fake):
     result = run("summarize", src, "-o", out)
     assert result.exit_code == 0
     assert "resuming: 2 already" in result.output
-    assert len(fake.prompts) == 2 * SUMMARY_BEST_OF  # two records, every draft of each
+    assert len(fake.prompts) == 2  # two records; whole-visit notes get one draft each
     assert [r["id"] for r in lines(out)] == ["0", "1", "2", "3"]
 
 
@@ -135,6 +135,19 @@ def test_best_of_sets_the_drafts_per_summary_and_is_part_of_the_run(tmp_path, fa
     assert len(fake.prompts) == 2
     result = run("summarize", src, "-o", tmp_path / "x.jsonl", "--best-of", "0")
     assert result.exit_code == 2 and "--best-of" in result.output
+
+
+def test_default_drafts_follow_each_rows_section(tmp_path, fake):
+    src = tmp_path / "visits.csv"
+    src.write_text("id,section,dialogue\n1,GENHX,Doctor: a.\n2,Subjective,Doctor: b.\n3,,Doctor: c.\n"
+                   "4,Plan,Doctor: d.\n")
+    out = tmp_path / "out.jsonl"
+    assert run("summarize", src, "--section-column", "section", "-o", out).exit_code == 0
+    # MTS-Dialog's sections (by code or title) are drafted; other sections and whole visits are not
+    per_row = [sum(p[1]["content"].endswith(f"Doctor: {k}.") for p in fake.prompts) for k in "abcd"]
+    assert per_row == [SUMMARY_BEST_OF, 1, 1, SUMMARY_BEST_OF]
+    result = run("summarize", src, "--section-column", "section", "-o", out, "--best-of", str(SUMMARY_BEST_OF))
+    assert result.exit_code == 1 and "different run" in result.output  # the default is not always nine
 
 
 def test_output_of_another_run_is_not_overwritten(tmp_path, fake):

@@ -11,7 +11,7 @@ import pytest
 from assistant import best_of, note_examples, prompts
 from assistant.backends.base import CancelToken
 from assistant.note_examples import NoteExamples
-from assistant.tasks import BEST_OF_TEMPERATURE, TaskError, summarize
+from assistant.tasks import BEST_OF_TEMPERATURE, SUMMARY_BEST_OF, TaskError, summarize, summary_drafts
 from fakes import FakeBackend
 from finetune import build_note_examples
 
@@ -170,6 +170,17 @@ def test_cancelling_between_drafts_keeps_the_drafts_so_far():
                        cancel=token, on_progress=progress)
     assert result.cancelled
     assert result.meta["drafts"] == 2 and result.text in ("First draft.", "Second draft.")
+
+
+@pytest.mark.parametrize("section, drafts", [("ALLERGY", SUMMARY_BEST_OF), ("Allergies", SUMMARY_BEST_OF),
+                                             ("Subjective", 1), ("Assessment and Plan", 1), (None, 1)])
+def test_by_default_only_mts_dialog_sections_are_drafted(section, drafts):
+    assert summary_drafts(section) == drafts
+    be = FakeBackend(reply="A note.")
+    result = summarize(be, "Doctor: Allergies?\nPatient: Penicillin.", section, best_of=None,
+                       examples=NoteExamples(NOTES))
+    assert len(be.calls) == drafts and result.text == "A note."
+    assert result.meta.get("best_of", 1) == drafts
 
 
 def test_best_of_below_one_is_an_error(word_backend):

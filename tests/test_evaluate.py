@@ -70,12 +70,17 @@ def data(tmp_path) -> Path:
              "Who makes x?", "who makes x?", {"question": "who makes x?"}, suite="meqsum"),
         _rec("medquad/test/1", "answer", "medquad", "test", answer_messages("What is gout?"),
              "Gout is arthritis.", "What is gout?", {"question": "What is gout?"}, suite="medquad"),
+        _rec("aci-bench/test/V1/plan", "summarize", "aci-bench", "test", summary_messages(d1, "Assessment and Plan"),
+             "Knee pain. Rest.", d1, {"dialogue": d1, "section": "Assessment and Plan"}),
     ]
     d3 = "Doctor: Where does it hurt?\nPatient: My knee hurts when I climb stairs."
     valid = [_rec("medquad/valid/1", "answer", "medquad", "valid", answer_messages("What is flu?"),
                   "Flu is a viral infection.", "What is flu?", {"question": "What is flu?"}),
              _rec("mts-dialog/valid/0", "summarize", "mts-dialog", "valid", summary_messages(d3, "CC"),
-                  "Knee pain on stairs.", d3, {"dialogue": d3, "section": "CC"})]
+                  "Knee pain on stairs.", d3, {"dialogue": d3, "section": "CC"}),
+             _rec("aci-bench/valid/V2/subjective", "summarize", "aci-bench", "valid",
+                  summary_messages(d3, "Subjective"), "Knee pain when climbing stairs.", d3,
+                  {"dialogue": d3, "section": "Subjective"})]
     out = tmp_path / "data"
     out.mkdir()
     for name, rows in (("test", test), ("valid", valid)):
@@ -139,6 +144,22 @@ def test_mts_valid_suite_reads_the_validation_split_only(data, tmp_path):
     assert all("climb stairs" in p[-1]["content"] for p in backend.prompts)
 
 
+def test_aci_suites_keep_their_splits_apart_and_are_greedy_by_default(data, tmp_path):
+    result, backend = _run(data, tmp_path / "aci.json", "--suites", "aci,aci-valid,mts-valid")
+    s = result["suites"]
+    assert s["aci"]["n"] == 1 and s["aci-valid"]["n"] == 1
+    preds = [json.loads(l) for l in out_predictions(tmp_path / "aci.json")]
+    assert [p["id"] for p in preds if p["suite"] == "aci"] == ["aci-bench/test/V1/plan"]
+    assert [p["id"] for p in preds if p["suite"] == "aci-valid"] == ["aci-bench/valid/V2/subjective"]
+    # whole-visit sections get one greedy draft; the MTS-Dialog section gets the app's drafts
+    assert len(backend.prompts) == 1 + 1 + tasks.SUMMARY_BEST_OF
+    assert result["decoding"]["summary_best_of"] == "per section" and not result["decoding"]["greedy"]
+    result, backend = _run(data, tmp_path / "aci9.json", "--suites", "aci-valid", "--best-of", "3")
+    assert len(backend.prompts) == 3 and result["decoding"]["summary_best_of"] == 3
+    result, _ = _run(data, tmp_path / "aci1.json", "--suites", "aci-valid")
+    assert result["decoding"]["greedy"]
+
+
 def test_summary_rows_are_updated_by_label(data, tmp_path):
     out = tmp_path / "eval" / "a.json"
     _run(data, out, "--suites", "meqsum", "--label", "a")
@@ -180,7 +201,7 @@ def test_summary_repeat_penalty_is_the_apps_unless_given(data, tmp_path):
     assert tasks.SUMMARY_REPEAT_PENALTY != 1.0
     assert answer.repeat_penalty == 1.0 and answer.temperature == 0.0  # answers are not summaries
     assert result["decoding"]["summary_repeat_penalty"] == tasks.SUMMARY_REPEAT_PENALTY
-    assert result["decoding"]["summary_best_of"] == tasks.SUMMARY_BEST_OF and not result["decoding"]["greedy"]
+    assert result["decoding"]["summary_best_of"] == "per section" and not result["decoding"]["greedy"]
     rows = [json.loads(l) for l in out_predictions(tmp_path / "e" / "default.json")]
     assert rows[0]["calls"] == tasks.SUMMARY_BEST_OF and rows[0]["chosen_draft"] == 0  # canned: all drafts alike
     result, backend = _run(data, tmp_path / "e" / "swept.json", "--suites", "mts-valid", "--repeat-penalty", "1.05",
@@ -196,7 +217,7 @@ def test_perplexity_suite(data, tmp_path, tiny_llama_dir):
     args.argv = []
     result = evaluate.evaluate(args)
     ppl = result["suites"]["ppl"]
-    assert ppl["tokens"] > 0 and ppl["ppl"] > 1 and set(ppl["by_source"]) == {"medquad", "mts-dialog"}
+    assert ppl["tokens"] > 0 and ppl["ppl"] > 1 and set(ppl["by_source"]) == {"medquad", "mts-dialog", "aci-bench"}
     assert result["size"]["model_bytes"] > 0
 
 

@@ -226,7 +226,7 @@ class HealthAssistantApp(App[int]):
         answer_options: GenerationOptions | None = None,
         summary_options: GenerationOptions | None = None,
         section: str | None = None,
-        summary_best_of: int = tasks.SUMMARY_BEST_OF,
+        summary_best_of: int | None = None,  # None: tasks.summary_drafts for the section
         answer_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
