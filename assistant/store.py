@@ -181,6 +181,28 @@ def _create_private(path: Path) -> None:
     os.chmod(path, 0o600)  # the umask may have masked bits off; make it exact anyway
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> bool:
+    """Switch the file to WAL (a lasting property of the file, so usually already done);
+    False when SQLite refuses (a read-only location).
+
+    Two processes opening a new file at once both try the switch. SQLite answers one of
+    them "database is locked" at once, without waiting on busy_timeout, because waiting
+    could deadlock (both hold a read lock and want to write), so that open is retried here
+    until the other's switch is done or the timeout has passed."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return True
+            return conn.execute("PRAGMA journal_mode = wal").fetchone()[0] == "wal"
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 # --- migrations (applied in order, once each, recorded in _migrations) ----------------
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
@@ -355,8 +377,7 @@ class Store:
             db.execute("PRAGMA foreign_keys = ON")
             # Deleted text is overwritten, not just unlinked: these are health conversations.
             db.execute("PRAGMA secure_delete = ON")
-            db.enable_wal()
-            if db.journal_mode != "wal":
+            if not _enable_wal(conn):
                 raise self._fail("cannot switch the database to WAL mode (read-only location?)")
             # In WAL mode NORMAL never corrupts; a power cut may drop the last commits.
             db.execute("PRAGMA synchronous = NORMAL")

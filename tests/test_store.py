@@ -277,6 +277,43 @@ def test_two_processes_write_at_once(db_path):
     assert integrity(db_path) == "ok"
 
 
+class SwitchRefusedAtFirst:
+    """A connection whose first `refusals` WAL switches fail the way SQLite fails the
+    loser of two processes switching a new file at once: "database is locked", at once."""
+
+    def __init__(self, conn: sqlite3.Connection, refusals: int):
+        self.conn, self.refusals, self.switches = conn, refusals, 0
+
+    def execute(self, sql: str):
+        if sql.replace(" ", "").lower() == "pragmajournal_mode=wal":
+            self.switches += 1
+            if self.switches <= self.refusals:
+                raise sqlite3.OperationalError("database is locked")
+        return self.conn.execute(sql)
+
+
+def test_wal_switch_refused_by_a_concurrent_open_is_retried(db_path):
+    conn = sqlite3.connect(db_path)
+    flaky = SwitchRefusedAtFirst(conn, refusals=3)
+    assert store_mod._enable_wal(flaky, timeout_s=5)
+    assert flaky.switches == 4
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    with Store(db_path) as st:  # and the file is a good store afterwards
+        st.new_session("chat", "m")
+
+
+def test_wal_switch_still_refused_after_the_timeout_raises(db_path):
+    conn = sqlite3.connect(db_path)
+    flaky = SwitchRefusedAtFirst(conn, refusals=10**6)
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store_mod._enable_wal(flaky, timeout_s=0.3)
+    assert 0.15 < time.monotonic() - started < 3
+    assert flaky.switches > 2
+    conn.close()
+
+
 # --- search and deletion ------------------------------------------------------------------
 
 
