@@ -46,8 +46,9 @@ def summary_drafts(section: str | None) -> int:
     """Drafts a summary gets by default: SUMMARY_BEST_OF for a section MTS-Dialog names
     (short notes, judged against the notes of similar visits), one greedy draft for any
     other section or a whole-visit note. Drafting only pays where it was measured to: on
-    ACI-Bench's whole-visit sections (validation, every third of 66) nine drafts scored
-    ROUGE-1 22.9 against 23.1 for one greedy draft, at about seven times the time."""
+    ACI-Bench's 66 whole-visit validation sections nine drafts scored ROUGE-1 22.8 against
+    21.5 for one greedy draft with ROUGE-2 and -L unchanged, at about seven times the time
+    of a long note (finetune/RESULTS.md)."""
     return SUMMARY_BEST_OF if prompts.section_code(section) else 1
 
 
