@@ -240,7 +240,8 @@ def ask(question, input_path, output_path, overwrite, model, adapter, backend,
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--output", "-o", "output_path", type=click.Path(path_type=Path), default=None,
               help=".jsonl or .md; without it, one input's summary is printed.")
-@click.option("--section", default=None, help="Clinical-note section wanted (e.g. GENHX, 'Plan').")
+@click.option("--section", default=None,
+              help="Clinical-note section wanted (e.g. GENHX, 'Plan'); default: the visit's History of Present Illness.")
 @click.option("--id-column", default=None, help="CSV column holding the record id.")
 @click.option("--text-column", default=None, help="CSV column holding the transcript.")
 @click.option("--section-column", default=None, help="CSV column naming the section wanted per row.")

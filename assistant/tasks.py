@@ -40,6 +40,12 @@ SUMMARY_REPEAT_PENALTY = 1.1
 # processed once, decoding repeats).
 SUMMARY_BEST_OF = 9
 BEST_OF_TEMPERATURE, BEST_OF_TOP_P = 0.7, 0.95
+# A summary asked for with no section (a whole visit, the app's Summarize mode) is written
+# as the visit's History of Present Illness. The model was tuned on section prompts only:
+# asked for "a clinical note" it answered a short transcript with one stray line ("None.",
+# "Accutane.") and scored lower on whole visits (ACI-Bench validation, 17 visits against
+# their full notes: ROUGE-1 30.3 with that prompt, 33.8 with this one; finetune/RESULTS.md).
+WHOLE_VISIT_SECTION = "History of Present Illness"
 
 
 def summary_drafts(section: str | None) -> int:
@@ -103,12 +109,12 @@ def _system() -> Message:
 
 def summary_messages(dialogue: str, section: str | None = None) -> list[Message]:
     """The exact prompt a summary is generated from (also used to build training data)."""
-    title = prompts.section_title(section)
-    if title:
-        content = prompts.render("summarize_section", section=title, dialogue=dialogue.strip())
-    else:
-        content = prompts.render("summarize", dialogue=dialogue.strip())
+    content = prompts.render("summarize_section", section=_title(section), dialogue=dialogue.strip())
     return [_system(), {"role": "user", "content": content}]
+
+
+def _title(section: str | None) -> str:
+    return prompts.section_title(section) or WHOLE_VISIT_SECTION
 
 
 def answer_messages(question: str, history: Sequence[Message] = ()) -> list[Message]:
@@ -227,7 +233,7 @@ def summarize(
         text, stats = _run(backend, summary_messages(dialogue, section), opts, on_text, cancel)
         return TaskResult(text, backend.model_name, stats)
 
-    title = prompts.section_title(section) or "summary"
+    title = _title(section)
     part_budget = min(budget, _budget(backend, [_system(), {"role": "user", "content": prompts.render(
         "summarize_part", part="99", parts="99", section=title, dialogue="")}], opts.max_tokens))
     parts = split_to_fit(dialogue, part_budget, backend.count_tokens)

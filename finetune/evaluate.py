@@ -23,7 +23,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from assistant import tasks
 from assistant.backends import load_backend
@@ -34,9 +34,12 @@ from . import formats, metrics
 # "medquad" answers the way the app does (triage, retrieval, grounded prompt, sources);
 # "medquad-ungrounded" asks the model the bare question, for comparison.
 GENERATION_SUITES = ("mts-test1", "mts-test2", "aci", "meqsum", "medquad", "medquad-ungrounded",
-                     "pubmedqa", "dialogsum", "mts-valid", "aci-valid")
+                     "pubmedqa", "dialogsum", "mts-valid", "aci-valid", "aci-visit", "aci-visit-valid")
 # Suites on valid.jsonl: where decoding settings and checkpoints are chosen, never on a test split.
-VALID_SUITES = ("mts-valid", "aci-valid")
+VALID_SUITES = ("mts-valid", "aci-valid", "aci-visit-valid")
+# Whole visits: an ACI-Bench transcript summarized with no section asked for, as the app's
+# Summarize mode does, scored against the visit's full note (its sections joined in order).
+VISIT_SUITES = {"aci-visit": "aci", "aci-visit-valid": "aci-valid"}
 # Suites whose summaries are of MTS-Dialog sections, which get several drafts by default.
 MTS_SUITES = ("mts-test1", "mts-test2", "mts-valid")
 SUITES = GENERATION_SUITES + ("ppl",)
@@ -57,8 +60,28 @@ def suite_of(record: dict) -> str | None:
 
 def select(records: Sequence[dict], suite: str, limit: int | None) -> list[dict]:
     suite = suite.removesuffix("-ungrounded")
-    chosen = [r for r in records if suite_of(r) == suite]
+    if suite in VISIT_SUITES:
+        chosen = visits(r for r in records if suite_of(r) == VISIT_SUITES[suite])
+    else:
+        chosen = [r for r in records if suite_of(r) == suite]
     return chosen[:limit] if limit else chosen
+
+
+def visits(section_records: Iterable[dict]) -> list[dict]:
+    """One record per visit from the records of its note's sections (ids VISIT/SECTION):
+    the transcript with no section, and the sections' references joined as the full note."""
+    by_visit: dict[str, dict] = {}
+    for r in section_records:
+        visit_id = r["id"].rsplit("/", 1)[0]
+        visit = by_visit.get(visit_id)
+        if visit is None:
+            inputs = {"dialogue": r["meta"]["inputs"]["dialogue"], "section": None}
+            visit = by_visit[visit_id] = {**r, "id": visit_id, "reference": [],
+                                          "meta": {**r["meta"], "inputs": inputs, "section": None}}
+        elif visit["meta"]["inputs"]["dialogue"] != r["meta"]["inputs"]["dialogue"]:
+            raise ValueError(f"{r['id']}: not the transcript of the other sections of {visit_id}")
+        visit["reference"].append(r["reference"])
+    return [{**v, "reference": "\n\n".join(v["reference"])} for v in by_visit.values()]
 
 
 def read_jsonl(path: Path) -> list[dict]:

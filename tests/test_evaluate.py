@@ -72,6 +72,8 @@ def data(tmp_path) -> Path:
              "Gout is arthritis.", "What is gout?", {"question": "What is gout?"}, suite="medquad"),
         _rec("aci-bench/test/V1/plan", "summarize", "aci-bench", "test", summary_messages(d1, "Assessment and Plan"),
              "Knee pain. Rest.", d1, {"dialogue": d1, "section": "Assessment and Plan"}),
+        _rec("aci-bench/test/V1/subjective", "summarize", "aci-bench", "test", summary_messages(d1, "Subjective"),
+             "Knee hurts.", d1, {"dialogue": d1, "section": "Subjective"}),
     ]
     d3 = "Doctor: Where does it hurt?\nPatient: My knee hurts when I climb stairs."
     valid = [_rec("medquad/valid/1", "answer", "medquad", "valid", answer_messages("What is flu?"),
@@ -147,17 +149,40 @@ def test_mts_valid_suite_reads_the_validation_split_only(data, tmp_path):
 def test_aci_suites_keep_their_splits_apart_and_are_greedy_by_default(data, tmp_path):
     result, backend = _run(data, tmp_path / "aci.json", "--suites", "aci,aci-valid,mts-valid")
     s = result["suites"]
-    assert s["aci"]["n"] == 1 and s["aci-valid"]["n"] == 1
+    assert s["aci"]["n"] == 2 and s["aci-valid"]["n"] == 1
     preds = [json.loads(l) for l in out_predictions(tmp_path / "aci.json")]
-    assert [p["id"] for p in preds if p["suite"] == "aci"] == ["aci-bench/test/V1/plan"]
+    assert [p["id"] for p in preds if p["suite"] == "aci"] == ["aci-bench/test/V1/plan", "aci-bench/test/V1/subjective"]
     assert [p["id"] for p in preds if p["suite"] == "aci-valid"] == ["aci-bench/valid/V2/subjective"]
     # whole-visit sections get one greedy draft; the MTS-Dialog section gets the app's drafts
-    assert len(backend.prompts) == 1 + 1 + tasks.SUMMARY_BEST_OF
+    assert len(backend.prompts) == 2 + 1 + tasks.SUMMARY_BEST_OF
     assert result["decoding"]["summary_best_of"] == "per section" and not result["decoding"]["greedy"]
     result, backend = _run(data, tmp_path / "aci9.json", "--suites", "aci-valid", "--best-of", "3")
     assert len(backend.prompts) == 3 and result["decoding"]["summary_best_of"] == 3
     result, _ = _run(data, tmp_path / "aci1.json", "--suites", "aci-valid")
     assert result["decoding"]["greedy"]
+
+
+def test_visit_suites_summarize_whole_visits_against_their_full_notes(data, tmp_path):
+    result, backend = _run(data, tmp_path / "visit.json", "--suites", "aci-visit,aci-visit-valid")
+    preds = {p["id"]: p for p in map(json.loads, out_predictions(tmp_path / "visit.json"))}
+    assert list(preds) == ["aci-bench/test/V1", "aci-bench/valid/V2"]
+    assert preds["aci-bench/test/V1"]["reference"] == "Knee pain. Rest.\n\nKnee hurts."
+    assert preds["aci-bench/test/V1"]["prediction"] == "Knee pain."
+    # R1 of "Knee pain." against the joined note: P 2/2, R 2/5 (stemmed "hurt" is not "pain")
+    assert result["suites"]["aci-visit"]["rouge1"] == pytest.approx(100 * 2 * (1 * 0.4) / 1.4, abs=0.01)
+    # one greedy call per visit, with the app's whole-visit prompt
+    assert [p[-1]["content"] for p in backend.prompts] == [
+        tasks.summary_messages(d, None)[-1]["content"]
+        for d in ("Doctor: Any pain?\nPatient: My knee hurts.",
+                  "Doctor: Where does it hurt?\nPatient: My knee hurts when I climb stairs.")]
+
+
+def test_visit_records_refuse_sections_of_different_transcripts():
+    def section(id, dialogue):
+        return {"id": id, "reference": "x", "meta": {"inputs": {"dialogue": dialogue, "section": "S"}}}
+
+    with pytest.raises(ValueError, match="aci-bench/test/V1/b"):
+        evaluate.visits([section("aci-bench/test/V1/a", "one"), section("aci-bench/test/V1/b", "two")])
 
 
 def test_summary_rows_are_updated_by_label(data, tmp_path):

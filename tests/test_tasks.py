@@ -21,6 +21,16 @@ def test_summary_prompt_comes_from_the_template_file():
     assert msgs[1]["content"].endswith("Doctor: Hi.\nPatient: Hello.")
 
 
+def test_a_whole_visit_is_summarized_as_its_history_of_present_illness():
+    # The model was tuned on section prompts only; a whole visit gets the narrative section.
+    whole = summary_messages("Doctor: Hi.\nPatient: Hello.")
+    assert whole == summary_messages("Doctor: Hi.\nPatient: Hello.", "GENHX")
+    be = FakeBackend(reply=lambda msgs: "partial summary", context_length=400)
+    summarize(be, transcript(120))
+    assert len(be.prompts) > 2
+    assert all("'History of Present Illness' section" in m[1]["content"] for m in be.prompts)
+
+
 def test_short_transcript_is_one_call(word_backend):
     result = summarize(word_backend, transcript(6), "PLAN")
     assert result.parts == 1
