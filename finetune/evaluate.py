@@ -353,6 +353,9 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     unknown = set(suites) - set(SUITES)
     if unknown:
         raise SystemExit(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
+    if args.prompt_style == "issue-baseline" and set(suites) & set(VISIT_SUITES):
+        raise SystemExit("the issue-baseline prompt names a section, and whole visits have none: "
+                         f"run {', '.join(sorted(set(suites) & set(VISIT_SUITES)))} with --prompt-style runtime")
     data = Path(args.data)
     spec = None if backend is not None else resolve(args.model, adapter=args.adapter)
     style_tag = "" if args.prompt_style == "runtime" else f"-{args.prompt_style}"

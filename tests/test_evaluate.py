@@ -206,6 +206,12 @@ def test_limit_and_issue_baseline_prompt(data, tmp_path):
     assert result["decoding"]["greedy"] and result["decoding"]["summary_best_of"] == 1
 
 
+def test_issue_baseline_prompt_is_refused_for_whole_visits(data, tmp_path):
+    with pytest.raises(SystemExit, match="aci-visit-valid with --prompt-style runtime"):
+        _run(data, tmp_path / "x.json", "--suites", "aci-visit-valid", "--prompt-style", "issue-baseline")
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_best_of_below_one_is_refused(data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate.parser().parse_args(["--out", str(tmp_path / "x.json"), "--best-of", "0"])
