@@ -85,8 +85,15 @@ def visits(section_records: Iterable[dict]) -> list[dict]:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    records = []
     with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
+    return records
 
 
 class StatsRecorder(Backend):
@@ -242,7 +249,7 @@ def size_on_disk(spec) -> dict:
 # --- summary table and plot ---------------------------------------------------
 
 _COLUMNS = ["label", "model", "backend", "prompt", "limit", "MTS-1 R1/R2/RL", "MTS-2 R1/R2/RL", "ACI R1/R2/RL",
-            "MeQSum R1/R2/RL", "MedQuAD R1/R2/RL", "PubMedQA acc", "valid PPL", "decode tok/s", "size MB"]
+            "ACI visit R1/R2/RL", "MeQSum R1/R2/RL", "MedQuAD R1/R2/RL", "PubMedQA acc", "valid PPL", "decode tok/s", "size MB"]
 
 
 def summary_row(result: dict) -> list[str]:
@@ -259,7 +266,7 @@ def summary_row(result: dict) -> list[str]:
     return [
         result["label"], result["model"] + (f" + {Path(result['adapter']).name}" if result.get("adapter") else ""),
         result["backend"], result["prompt_style"], str(result["limit"] or "full"),
-        rouge("mts-test1"), rouge("mts-test2"), rouge("aci"), rouge("meqsum"), rouge("medquad"),
+        rouge("mts-test1"), rouge("mts-test2"), rouge("aci"), rouge("aci-visit"), rouge("meqsum"), rouge("medquad"),
         num(s.get("pubmedqa", {}).get("accuracy"), ".1f"), num(s.get("ppl", {}).get("ppl"), ".2f"),
         num(result.get("decode_tokens_per_s"), ".0f"), num(size / 1e6 if size else None, ".0f"),
     ]
@@ -280,7 +287,7 @@ def update_summary(path: Path, result: dict) -> None:
 
 PLOT_METRICS = [  # (bar name, suite, metric)
     ("MTS-1 R1", "mts-test1", "rouge1"), ("MTS-1 RL", "mts-test1", "rougeL"), ("MTS-2 R1", "mts-test2", "rouge1"),
-    ("ACI R1", "aci", "rouge1"), ("MeQSum R1", "meqsum", "rouge1"), ("MedQuAD R1", "medquad", "rouge1"),
+    ("ACI R1", "aci", "rouge1"), ("ACI visit R1", "aci-visit", "rouge1"), ("MeQSum R1", "meqsum", "rouge1"), ("MedQuAD R1", "medquad", "rouge1"),
     ("PubMedQA acc", "pubmedqa", "accuracy"), ("DialogSum R1", "dialogsum", "rouge1"),
 ]
 
@@ -365,6 +372,7 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     gen = [s for s in suites if s != "ppl"]
+    selected = _select_suites(data, gen, args.limit)
     inner = backend
     if gen and inner is None:
         t0 = time.perf_counter()
@@ -376,13 +384,9 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     summary = SummaryDecoding(repeat_penalty=args.repeat_penalty, best_of=best_of)
     results: dict[str, dict] = {}
     with out.with_suffix(".predictions.jsonl").open("w", encoding="utf-8") as predictions:
-        pool = read_jsonl(data / "test.jsonl") if set(gen) - set(VALID_SUITES) else []
-        if set(gen) & set(VALID_SUITES):
-            pool += read_jsonl(data / "valid.jsonl")
-        for suite in gen:
-            records = select(pool, suite, args.limit)
+        for suite, (source, records) in selected.items():
             if not records:
-                print(f"  {suite}: no records in {data / 'test.jsonl'}, skipped", file=sys.stderr)
+                print(f"  {suite}: no records in {source}, skipped", file=sys.stderr)
                 continue
             results[suite] = run_generation(recorder, suite, records, args.prompt_style, args.max_tokens, predictions,
                                             summary)
@@ -411,6 +415,24 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     update_summary(Path(args.summary) if args.summary else out.parent / "summary.md", result)
     return result
+
+
+def _select_suites(data: Path, suites: Sequence[str], limit: int | None) -> dict[str, tuple[Path, list[dict]]]:
+    """Each suite's records and the file they come from, all read and checked before the
+    model is loaded, so bad data stops a run at once rather than after hours of another suite."""
+    files: dict[Path, list[dict]] = {}
+    selected = {}
+    for suite in suites:
+        source = data / ("valid.jsonl" if suite in VALID_SUITES else "test.jsonl")
+        try:
+            if source not in files:
+                files[source] = read_jsonl(source)
+            selected[suite] = (source, select(files[source], suite, limit))
+        except KeyError as exc:
+            raise SystemExit(f"cannot build suite {suite}: a record of {source} has no field {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"cannot build suite {suite}: {exc}") from None
+    return selected
 
 
 def _greedy(suites: Sequence[str], best_of: int | None) -> bool:

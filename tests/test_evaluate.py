@@ -170,6 +170,11 @@ def test_visit_suites_summarize_whole_visits_against_their_full_notes(data, tmp_
     assert preds["aci-bench/test/V1"]["prediction"] == "Knee pain."
     # R1 of "Knee pain." against the joined note: P 2/2, R 2/5 (stemmed "hurt" is not "pain")
     assert result["suites"]["aci-visit"]["rouge1"] == pytest.approx(100 * 2 * (1 * 0.4) / 1.4, abs=0.01)
+    header, _, row = (tmp_path / "summary.md").read_text().splitlines()
+    column = [c.strip() for c in header.split("|")].index("ACI visit R1/R2/RL")
+    assert [c.strip() for c in row.split("|")][column].startswith("57.1 / ")
+    quality, _ = evaluate.bar_values([result])
+    assert [q[0] for q in quality] == ["ACI visit R1"]
     # one greedy call per visit, with the app's whole-visit prompt
     assert [p[-1]["content"] for p in backend.prompts] == [
         tasks.summary_messages(d, None)[-1]["content"]
@@ -183,6 +188,20 @@ def test_visit_records_refuse_sections_of_different_transcripts():
 
     with pytest.raises(ValueError, match="aci-bench/test/V1/b"):
         evaluate.visits([section("aci-bench/test/V1/a", "one"), section("aci-bench/test/V1/b", "two")])
+
+
+def test_bad_data_stops_the_run_before_the_model_and_keeps_earlier_predictions(data, tmp_path):
+    out = tmp_path / "eval" / "run.json"
+    _run(data, out, "--suites", "meqsum")
+    kept = out_predictions(out)
+    lines = (data / "test.jsonl").read_text().splitlines()
+    (data / "test.jsonl").write_text("\n".join(lines[:2] + ['{"id": "broken",'] + lines[2:]) + "\n")
+    with pytest.raises(SystemExit, match=r"cannot build suite meqsum: .*test\.jsonl:3: not a JSON object"):
+        _run(data, out, "--suites", "mts-valid,meqsum")
+    assert out_predictions(out) == kept
+    (data / "test.jsonl").write_text("\n".join(lines[:1] + ['{"id": "x", "source": "meqsum"}'] + lines[1:]) + "\n")
+    with pytest.raises(SystemExit, match=r"a record of .*test\.jsonl has no field 'meta'"):
+        _run(data, out, "--suites", "meqsum")
 
 
 def test_summary_rows_are_updated_by_label(data, tmp_path):
