@@ -7,7 +7,8 @@ and problem, and the other records are still processed.
 Outputs are appended one record at a time and flushed, so a run that stops
 part-way can be resumed: ids already written are skipped. A sidecar file
 (`<output>.run.json`) records what produced the output, so an output of a
-different run is never overwritten or mixed into without `--overwrite`.
+different run is never overwritten or mixed into without `--overwrite`. An
+output is only created, or replaced, once there is something to write to it.
 """
 from __future__ import annotations
 
@@ -15,14 +16,18 @@ import csv
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 TEXT_KEYS = ("dialogue", "transcript", "conversation", "text")
-CSV_ID_COLUMNS = ("id", "ID", "encounter_id", "dialogue_id")
-CSV_TEXT_COLUMNS = ("dialogue", "transcript", "conversation", "text")
-CSV_SECTION_COLUMNS = ("section", "section_header")
+SECTION_KEYS = ("section", "section_header")
+CSV_ID_COLUMNS = ("id", "encounter_id", "dialogue_id")
+CSV_SECTION_COLUMNS = SECTION_KEYS
+OUTPUT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".md": "markdown", ".markdown": "markdown"}
+# A whole visit's transcript easily passes the csv module's default limit of 128 KiB per field.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 @dataclass
@@ -59,6 +64,16 @@ def read_records(path: Path, kind: str, id_column: str | None = None,
                  text_column: str | None = None, section_column: str | None = None
                  ) -> Iterator[Record | RecordError]:
     """Yield records from one input file; `kind` is "summarize" or "ask"."""
+    found = False
+    for item in _read_any(path, kind, id_column, text_column, section_column):
+        found = True
+        yield item
+    if not found:
+        yield RecordError(str(path), "no records found")
+
+
+def _read_any(path: Path, kind: str, id_column: str | None, text_column: str | None,
+              section_column: str | None) -> Iterator[Record | RecordError]:
     if not path.exists():
         yield RecordError(str(path), "file not found")
         return
@@ -67,11 +82,12 @@ def read_records(path: Path, kind: str, id_column: str | None = None,
         return
     suffix = path.suffix.lower()
     text_keys = TEXT_KEYS if kind == "summarize" else ("question",)
-    if suffix in (".jsonl", ".ndjson", ".json"):
+    if suffix in (".jsonl", ".ndjson"):
         yield from _read_jsonl(path, text_keys)
+    elif suffix == ".json":
+        yield from _read_json(path, text_keys)
     elif suffix == ".csv":
-        yield from _read_csv(path, id_column, text_column or ("question" if kind == "ask" else None),
-                             section_column)
+        yield from _read_csv(path, id_column, text_column, section_column, text_keys)
     elif suffix in (".txt", ".md", ""):
         if kind == "ask":
             yield from _read_lines(path)
@@ -106,6 +122,8 @@ def _read_jsonl(path: Path, text_keys: tuple[str, ...]) -> Iterator[Record | Rec
     for n, raw in enumerate(path.read_bytes().splitlines(), 1):
         where = f"{path}:{n}"
         line = _decode(raw)
+        if n == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark, as some editors write
         if not line.strip():
             continue
         if _bad_utf8(line):
@@ -116,38 +134,57 @@ def _read_jsonl(path: Path, text_keys: tuple[str, ...]) -> Iterator[Record | Rec
         except json.JSONDecodeError as exc:
             yield RecordError(where, f"malformed JSON ({exc.msg} at column {exc.colno})")
             continue
-        if not isinstance(obj, dict):
-            yield RecordError(where, "expected a JSON object")
-            continue
-        if "id" not in obj or obj["id"] in (None, ""):
-            yield RecordError(where, "missing field 'id'")
-            continue
-        key = next((k for k in text_keys if k in obj), None)
-        if key is None:
-            yield RecordError(where, f"missing field '{text_keys[0]}'")
-            continue
-        value = obj[key]
-        if not isinstance(value, str):
-            yield RecordError(where, f"field '{key}' must be a string")
-            continue
-        if not value.strip():
-            yield RecordError(where, f"empty '{key}'")
-            continue
-        section = obj.get("section")
-        yield Record(id=str(obj["id"]), text=value.strip(), source=where,
-                     section=section if isinstance(section, str) and section.strip() else None)
+        yield _record(obj, where, text_keys)
+
+
+def _read_json(path: Path, text_keys: tuple[str, ...]) -> Iterator[Record | RecordError]:
+    """A .json file holds one array of objects (or one object); JSON Lines are read too."""
+    text = _decode(path.read_bytes()).removeprefix("\ufeff")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        # Not one JSON value: JSON Lines with a .json name, or malformed (reported per line).
+        yield from _read_jsonl(path, text_keys)
+        return
+    if isinstance(doc, dict):
+        yield _record(doc, str(path), text_keys)
+    elif isinstance(doc, list):
+        for i, obj in enumerate(doc):
+            yield _record(obj, f"{path}: item {i}", text_keys)
+    else:
+        yield RecordError(str(path), "expected a JSON array of objects, or JSON Lines")
+
+
+def _record(obj, where: str, text_keys: tuple[str, ...]) -> Record | RecordError:
+    if not isinstance(obj, dict):
+        return RecordError(where, "expected a JSON object")
+    if "id" not in obj or obj["id"] in (None, ""):
+        return RecordError(where, "missing field 'id'")
+    key = next((k for k in text_keys if k in obj), None)
+    if key is None:
+        also = f" (or {', '.join(repr(k) for k in text_keys[1:])})" if len(text_keys) > 1 else ""
+        return RecordError(where, f"missing field '{text_keys[0]}'{also}")
+    value = obj[key]
+    if not isinstance(value, str):
+        return RecordError(where, f"field '{key}' must be a string")
+    if not value.strip():
+        return RecordError(where, f"empty '{key}'")
+    section = next((obj[k] for k in SECTION_KEYS if isinstance(obj.get(k), str) and obj[k].strip()), None)
+    return Record(id=str(obj["id"]), text=value.strip(), source=where, section=section)
 
 
 def _pick(columns: list[str], wanted: str | None, defaults: tuple[str, ...]) -> str | None:
     if wanted:
         return wanted if wanted in columns else None
-    return next((c for c in defaults if c in columns), None)
+    by_name = {c.lower(): c for c in reversed(columns)}
+    return next((by_name[d] for d in defaults if d in by_name), None)
 
 
 def _read_csv(path: Path, id_column: str | None, text_column: str | None,
-              section_column: str | None) -> Iterator[Record | RecordError]:
+              section_column: str | None, text_keys: tuple[str, ...]) -> Iterator[Record | RecordError]:
     text = _decode(path.read_bytes())
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote left open is an error, not every later row pasted into one field.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -158,7 +195,7 @@ def _read_csv(path: Path, id_column: str | None, text_column: str | None,
         return
     header = [h.strip().lstrip("\ufeff") for h in header]
     id_col = _pick(header, id_column, CSV_ID_COLUMNS)
-    text_col = _pick(header, text_column, CSV_TEXT_COLUMNS)
+    text_col = _pick(header, text_column, text_keys)
     sec_col = _pick(header, section_column, CSV_SECTION_COLUMNS)
     for wanted, found, flag in ((id_column, id_col, "--id-column"), (text_column, text_col, "--text-column")):
         if found is None:
@@ -177,7 +214,9 @@ def _read_csv(path: Path, id_column: str | None, text_column: str | None,
         except StopIteration:
             return
         except csv.Error as exc:
-            yield RecordError(f"{path}:{start}", f"malformed CSV row ({exc})")
+            why = "a quoted field is never closed" if "unexpected end of data" in str(exc) else str(exc)
+            # The reader cannot find the next row's start after this, so nothing later is read.
+            yield RecordError(f"{path}:{start}", f"malformed CSV row ({why}); the rest of the file was not read")
             return
         line = reader.line_num + 1
         where = f"{path}:{start}"
@@ -207,60 +246,107 @@ def sidecar(path: Path) -> Path:
 
 
 class OutputWriter:
-    """Appends results to JSONL or Markdown, resuming a matching earlier run."""
+    """Appends results to JSONL or Markdown, resuming a matching earlier run.
+
+    Creating the writer only checks the output and reads which ids it holds;
+    nothing on disk changes until `open()`, which the caller reaches only once a
+    model is loaded and there is work to do. So a run that fails early (a
+    mistyped model, an input with no good record) leaves an earlier output, even
+    one marked for --overwrite, as it was."""
 
     def __init__(self, path: Path, identity: dict, overwrite: bool = False):
         self.path = path
-        self.format = "markdown" if path.suffix.lower() in (".md", ".markdown") else "jsonl"
+        self.identity = identity
+        self.overwrite = overwrite
+        self.format = OUTPUT_SUFFIXES.get(path.suffix.lower())
+        if self.format is None:
+            raise OutputError(f"{path}: unsupported output type '{path.suffix}' "
+                              f"(use {', '.join(OUTPUT_SUFFIXES)})")
+        if path.is_dir():
+            raise OutputError(f"{path}: is a directory, expected a file")
         self.done: set[str] = set()
-        meta = sidecar(path)
+        self._keep: int | None = None  # bytes of complete records; the rest is a line cut off by a crash
+        self._fh = None
         if path.exists() and not overwrite:
-            previous = _read_identity(meta)
+            previous = _read_identity(sidecar(path))
             if previous != identity:
                 why = ("it has no run record" if previous is None
                        else "it was written by a different run (" + _difference(previous, identity) + ")")
                 raise OutputError(f"{path} exists and {why}; use --overwrite to replace it")
             self.done = self._written_ids()
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("", encoding="utf-8")
-        tmp = meta.with_name(meta.name + ".tmp")
-        tmp.write_text(json.dumps(identity, indent=1), encoding="utf-8")
-        os.replace(tmp, meta)
-        self._fh = path.open("a", encoding="utf-8")
 
     def _written_ids(self) -> set[str]:
-        data = self.path.read_text(encoding="utf-8", errors="replace")
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot read it to resume: {exc.strerror}") from exc
         ids: set[str] = set()
         if self.format == "jsonl":
-            good = 0
-            for line in data.splitlines(keepends=True):
+            # Split on newlines only: a JSON string may hold U+2028 and the like, which
+            # str.splitlines would also split on.
+            lines = data.split(b"\n")
+            for n, line in enumerate(lines, 1):
+                last = n == len(lines)
+                if not line.strip():
+                    continue
                 try:
                     ids.add(str(json.loads(line)["id"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    break  # a line cut off by a crash: drop it and everything after
-                good += len(line.encode("utf-8"))
-            if not data.endswith("\n") or good < len(data.encode("utf-8")):
-                with self.path.open("r+b") as fh:
-                    fh.truncate(good)
+                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                    if last:  # cut off by a crash: dropped when the run resumes
+                        self._keep = len(data) - len(line)
+                        break
+                    raise OutputError(f"{self.path}:{n}: not a result line (edited by hand?); fix or remove it, "
+                                      "or use --overwrite to start again") from None
+                if last:  # complete, but the newline after it was never written
+                    self._keep = len(data)
         else:
-            for line in data.splitlines():
+            for line in data.decode("utf-8", errors="replace").splitlines():
                 if line.startswith("<!-- id: ") and line.endswith(" -->"):
                     ids.add(json.loads(line[len("<!-- id: "):-len(" -->")]))
         return ids
 
+    def open(self) -> None:
+        """Create (or replace, or repair) the output and record the run; from here on it changes."""
+        meta = sidecar(self.path)
+        try:
+            if self.path.exists() and not self.overwrite:
+                if self._keep is not None:
+                    with self.path.open("r+b") as fh:
+                        fh.truncate(self._keep)
+                        if self._keep:
+                            fh.seek(self._keep - 1)
+                            if fh.read(1) != b"\n":
+                                fh.write(b"\n")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text("", encoding="utf-8")
+            tmp = meta.with_name(meta.name + ".tmp")
+            tmp.write_text(json.dumps(self.identity, indent=1), encoding="utf-8")
+            os.replace(tmp, meta)
+            self._fh = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"{exc.filename or self.path}: cannot write the output: {exc.strerror}") from exc
+
     def write(self, record: dict) -> None:
+        if self._fh is None:
+            self.open()
         if self.format == "jsonl":
-            self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            text = json.dumps(record, ensure_ascii=False) + "\n"
         else:
             body = record.get("summary") or record.get("answer") or ""
-            self._fh.write(f"<!-- id: {json.dumps(str(record['id']))} -->\n## {record['id']}\n\n{body}\n\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+            text = f"<!-- id: {json.dumps(str(record['id']))} -->\n## {record['id']}\n\n{body}\n\n"
+        try:
+            self._fh.write(text)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:  # a full disk: what was written before stays, a resumed run goes on from it
+            raise OutputError(f"{self.path}: cannot write the output: {exc.strerror}") from exc
         self.done.add(str(record["id"]))
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def _read_identity(path: Path) -> dict | None:

@@ -203,11 +203,13 @@ def _print_stats(stats) -> None:
               help="JSONL of {\"id\", \"question\"} (or a .txt/.csv of questions) to answer as a batch.")
 @click.option("--output", "-o", "output_path", type=click.Path(path_type=Path), default=None,
               help="Where batch answers go (.jsonl or .md).")
+@click.option("--id-column", default=None, help="CSV column holding the question's id.")
+@click.option("--text-column", default=None, help="CSV column holding the question (default: 'question').")
 @click.option("--overwrite", is_flag=True, help="Replace an output written by a different run.")
 @model_options
 @generation_options(ANSWER_MAX_TOKENS)
 @log_options
-def ask(question, input_path, output_path, overwrite, model, adapter, backend,
+def ask(question, input_path, output_path, id_column, text_column, overwrite, model, adapter, backend,
         max_tokens, temperature, seed, no_log, db):
     """Answer a health question, streaming the answer; or a batch with --input/--output."""
     opts = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
@@ -216,8 +218,13 @@ def ask(question, input_path, output_path, overwrite, model, adapter, backend,
             fail("give either a QUESTION or --input, not both")
         if output_path is None:
             fail("--input needs --output")
+        columns = dict(id_column=id_column, text_column=text_column)
         sys.exit(_run_batch("ask", [input_path], output_path, overwrite, model, adapter, backend, opts,
-                            {}, store=open_log(db, no_log)))
+                            columns, store=open_log(db, no_log)))
+    for given, flag in ((output_path, "--output"), (overwrite, "--overwrite"), (id_column, "--id-column"),
+                        (text_column, "--text-column")):
+        if given:
+            fail(f"{flag} is for a batch of questions: give them with --input")
     if not question:
         if sys.stdin.isatty():
             fail("no question given (assistant ask \"QUESTION\", or pipe one on stdin)")
@@ -264,6 +271,8 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
                            repeat_penalty=repeat_penalty)
     columns = dict(id_column=id_column, text_column=text_column, section_column=section_column)
     if output_path is None:
+        if overwrite:
+            fail("--overwrite replaces a batch output: give one with --output")
         records = [r for p in inputs for r in read_records(p, "summarize", **columns)]
         errors = [r for r in records if isinstance(r, RecordError)]
         good = [r for r in records if isinstance(r, Record)]
@@ -301,8 +310,6 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
 
 def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, opts, columns,
                section=None, store: Store | None = None, best_of: int | None = 1) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     records: list[Record] = []
     errors: list[RecordError] = []
     for path in inputs:
@@ -315,9 +322,17 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
         else:
             unique[r.id] = r
     records = list(unique.values())
+    if any(output_path.resolve() == p.resolve() for p in inputs):
+        fail(f"{output_path} is also an input; write the results to another file")
+    if not records:
+        _report_errors(errors)
+        return 1
     spec_name = model or model_registry.DEFAULT_MODEL
-    identity = run_identity(task, spec_name, inputs, adapter=str(adapter) if adapter else None,
+    # Everything that changes what a record's result is: a resumed run must match all of it.
+    identity = run_identity(task, spec_name, inputs, adapter=str(adapter) if adapter else None, backend=backend,
                             section=section, max_tokens=opts.max_tokens, temperature=opts.temperature,
+                            seed=opts.seed, repeat_penalty=opts.repeat_penalty,
+                            **{k: v for k, v in columns.items() if v is not None},
                             **({"best_of": best_of or "per section"} if task == "summarize" else {}))
     with user_errors():
         writer = OutputWriter(output_path, identity, overwrite=overwrite)
@@ -327,64 +342,84 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
         err.print(f"[dim]resuming: {skipped} already in {output_path}[/]")
     done = 0
     run = None
+    token = CancelToken()
     if todo:
         be = open_backend(model, adapter, backend)
+        with user_errors():
+            writer.open()
         if store is not None:  # a batch run is one session
             with user_errors():
                 run = store.start_batch(task, ", ".join(map(str, inputs)), str(output_path), be.model_name)
-        token = CancelToken()
-        columns_ = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-        with Progress(*columns_, console=err, transient=False) as progress, sigint_cancels(token):
-            bar = progress.add_task(task, total=len(todo))
-            for r in todo:
-                if token.cancelled:
-                    break
-                try:
-                    if task == "summarize":
-                        result = summarize(be, r.text, r.section or section, opts, cancel=token, best_of=best_of)
-                        out = {"id": r.id, "summary": result.text}
-                    else:
-                        result = answer(be, r.text, options=opts, cancel=token)
-                        out = {"id": r.id, "question": r.text, "answer": result.text,
-                               "triage": result.meta["triage"], "sources": result.meta["sources"]}
-                except (TaskError, BackendError) as exc:
-                    errors.append(RecordError(r.source, str(exc)))
-                    if run is not None:
-                        with user_errors():
-                            store.add_batch_item(run[0], r.text, "", model=be.model_name, status="error",
-                                                 meta={"id": r.id, "error": str(exc)})
-                    progress.advance(bar)
-                    continue
-                if result.cancelled:
-                    break  # not written: a resumed run redoes it whole
-                out.update(model=result.model, prompt_tokens=result.stats.prompt_tokens,
-                           completion_tokens=result.stats.completion_tokens,
-                           seconds=round(result.stats.total_s, 3))
-                writer.write(out)
-                if run is not None:
-                    with user_errors():
-                        store.add_batch_item(run[0], r.text, result.text, model=result.model,
-                                             options=opts.to_dict(), stats=result.stats.to_dict(),
-                                             meta={"id": r.id, "section": r.section or section, **result.meta})
-                done += 1
-                progress.advance(bar)
-        be.close()
-    writer.close()
+        status = "cancelled"  # unless the loop ends: a second Ctrl-C leaves it by KeyboardInterrupt
+        try:
+            done = _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors)
+            status = ("complete" if done == len(todo) and not errors
+                      else "cancelled" if token.cancelled else "partial")
+        finally:
+            be.close()
+            writer.close()
+            if run is not None:
+                with user_errors():
+                    store.finish_batch(run[1], {"done": done, "skipped": skipped, "failed": len(errors),
+                                                "remaining": len(todo) - done}, status)
     remaining = len(todo) - done
-    if run is not None:
-        with user_errors():
-            store.finish_batch(run[1], {"done": done, "skipped": skipped, "failed": len(errors),
-                                        "remaining": remaining},
-                               "complete" if not remaining and not errors else "incomplete")
     err.print(f"{done} written to {output_path}" + (f", {skipped} already there" if skipped else "")
               + (f", {remaining} left (run again to resume)" if remaining and not errors else ""))
     if errors:
-        err.print(f"[bold red]{len(errors)} record(s) failed:[/]")
-        for e in errors:
-            err.print(f"  [red]{e}[/]")
+        _report_errors(errors)
         return 1
     return 1 if remaining else 0
+
+
+def _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors) -> int:
+    """Run the task on each record, writing each result as it comes; returns how many were written."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    done = 0
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=False) as progress, sigint_cancels(token):
+        bar = progress.add_task(task, total=len(todo))
+        for r in todo:
+            if token.cancelled:
+                break
+            try:
+                if task == "summarize":
+                    result = summarize(be, r.text, r.section or section, opts, cancel=token, best_of=best_of)
+                    out = {"id": r.id, "summary": result.text}
+                else:
+                    result = answer(be, r.text, options=opts, cancel=token)
+                    out = {"id": r.id, "question": r.text, "answer": result.text,
+                           "triage": result.meta["triage"], "sources": result.meta["sources"]}
+            except (TaskError, BackendError) as exc:
+                errors.append(RecordError(r.source, str(exc)))
+                if run is not None:
+                    with user_errors():
+                        store.add_batch_item(run[0], r.text, "", model=be.model_name, status="error",
+                                             meta={"id": r.id, "error": str(exc)})
+                progress.advance(bar)
+                continue
+            if result.cancelled:
+                break  # not written: a resumed run redoes it whole
+            out.update(model=result.model, prompt_tokens=result.stats.prompt_tokens,
+                       completion_tokens=result.stats.completion_tokens,
+                       seconds=round(result.stats.total_s, 3))
+            with user_errors():
+                writer.write(out)
+            if run is not None:
+                with user_errors():
+                    store.add_batch_item(run[0], r.text, result.text, model=result.model,
+                                         options=opts.to_dict(), stats=result.stats.to_dict(),
+                                         meta={"id": r.id, "section": r.section or section, **result.meta})
+            done += 1
+            progress.advance(bar)
+    return done
+
+
+def _report_errors(errors: list[RecordError]) -> None:
+    err.print(f"[bold red]{len(errors)} record(s) failed:[/]")
+    for e in errors:
+        err.print(f"  [red]{e}[/]")
 
 
 @cli.group(invoke_without_command=True)

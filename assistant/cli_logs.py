@@ -48,7 +48,12 @@ def db_option(fn):
     )(fn)
 
 
-def _open(db_path: Path | None) -> Store:
+def _open(db_path: Path | None, create: bool = False) -> Store:
+    """The log database; only commands that add to it (import) may create it, so a
+    mistyped --db is an error rather than a new empty database."""
+    path = store_mod.resolve_db_path(db_path)
+    if not create and not path.exists():
+        raise StoreError(f"{path}: no log database here (nothing logged yet, or a mistyped --db)")
     return Store(db_path)
 
 
@@ -75,6 +80,9 @@ def logs():
 @click.option("--archived", is_flag=True, help="Include archived sessions.")
 def list_cmd(db_path, limit, mode, archived):
     """List recent sessions."""
+    if not store_mod.resolve_db_path(db_path).exists():
+        click.echo(f"No sessions logged yet (no database at {store_mod.resolve_db_path(db_path)}).")
+        return
     with _open(db_path) as st:
         rows = st.list_sessions(limit=limit, mode=mode, include_archived=archived)
     if not rows:
@@ -178,7 +186,7 @@ def export(db_path, session_ids, all_, fmt, output):
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def import_cmd(db_path, file):
     """Import a JSON export (sessions already present are skipped)."""
-    with _open(db_path) as st:
+    with _open(db_path, create=True) as st:
         counts = st.import_json(file)
     click.echo(f"Imported {counts['sessions']} sessions ({counts['messages']} messages), skipped {counts['skipped']}.")
 

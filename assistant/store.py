@@ -347,11 +347,18 @@ class Store:
             conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
             try:
                 known = {fn.__name__ for fn in MIGRATIONS}
-                applied = applied_migrations(sqlite_utils.Database(conn, execute_plugins=False))
+                existing = sqlite_utils.Database(conn, execute_plugins=False)
+                applied = applied_migrations(existing)
+                tables = set(existing.table_names())
             finally:
                 conn.close()
         except sqlite3.Error as e:
             raise self._fail(_explain(e)) from e
+        if not applied and tables:
+            raise self._fail(
+                f"is another program's SQLite database (tables: {', '.join(sorted(tables)[:5])}); "
+                "refusing to add the log to it: use another --db"
+            )
         unknown = [name for name in applied if name not in known]
         if unknown:
             raise self._fail(
@@ -665,6 +672,11 @@ class Store:
                 raise StoreError(f"{source}: cannot read the export: {e}") from e
         if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("sessions"), list):
             raise StoreError(f"{source if not isinstance(source, dict) else 'import'}: not a health-assistant logs export")
+        name = source if not isinstance(source, dict) else "import"
+        for i, s in enumerate(doc["sessions"]):
+            problem = _import_problem(s)
+            if problem:
+                raise StoreError(f"{name}: session {i + 1}: {problem}; nothing was imported")
         counts = {"sessions": 0, "messages": 0, "skipped": 0}
         session_cols = ("id", "title", "mode", "model", "created", "updated", "archived")
         try:
@@ -801,6 +813,42 @@ def _message_out(row: dict) -> dict:
 
 def _run_out(row: dict) -> dict:
     return row | {"counts": _loads(row["counts"])}
+
+
+def _is_iso(value) -> bool:
+    try:
+        datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _import_problem(s) -> str | None:
+    """What makes one exported session unfit to import (None when it is fine): the rows it
+    would write are ones every command can read back."""
+    if not isinstance(s, dict):
+        return "not a JSON object"
+    if not isinstance(s.get("id"), str) or not s["id"]:
+        return "field 'id' must be a non-empty string"
+    where = f"(id {s['id']}) "
+    if s.get("mode") not in MODES:
+        return f"{where}field 'mode' must be one of {', '.join(MODES)}, not {s.get('mode')!r}"
+    for key in ("created", "updated"):
+        if not _is_iso(s.get(key)):
+            return f"{where}field '{key}' must be an ISO date and time, not {s.get(key)!r}"
+    messages = s.get("messages", [])
+    if not isinstance(messages, list):
+        return f"{where}field 'messages' must be a list"
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return f"{where}message {j + 1}: not a JSON object"
+        if not isinstance(m.get("role"), str) or not m["role"]:
+            return f"{where}message {j + 1}: field 'role' must be a non-empty string"
+        if not _is_iso(m.get("created")):
+            return f"{where}message {j + 1}: field 'created' must be an ISO date and time, not {m.get('created')!r}"
+        if m.get("status", "complete") not in STATUSES:
+            return f"{where}message {j + 1}: field 'status' must be one of {', '.join(STATUSES)}"
+    return None
 
 
 def _message_in(session_id: str, m: dict) -> dict:

@@ -224,6 +224,9 @@ def summarize(
         raise TaskError(f"best_of must be at least 1, not {best_of}")
     opts = options or summary_options()
     budget = _budget(backend, summary_messages("", section), opts.max_tokens)
+    if budget < 8:  # the same for every record, so say which setting to change
+        raise TaskError(f"a reply of up to {opts.max_tokens} tokens leaves no room for the transcript in the "
+                        f"model's {backend.context_length}-token context; lower the reply length (max tokens)")
     if max_chunk_tokens:
         budget = min(budget, max_chunk_tokens)
     if backend.count_tokens(dialogue) <= budget:

@@ -237,3 +237,172 @@ def test_single_question_is_logged_and_no_log_writes_nothing(tmp_path, fake):
     other = tmp_path / "none.db"
     assert CliRunner().invoke(cli, ["ask", "What is asthma?", "--db", str(other), "--no-log"]).exit_code == 0
     assert not other.exists()
+
+
+def test_a_quote_left_open_in_a_csv_is_an_error_not_one_merged_row(tmp_path, fake):
+    src = tmp_path / "visits.csv"
+    src.write_text('id,dialogue\n1,"Doctor: hi\n2,Doctor: bye\n')
+    result = run("summarize", src, "-o", tmp_path / "o.jsonl")
+    assert result.exit_code == 1
+    assert f"{src}:2: malformed CSV row (a quoted field is never closed); the rest of the file was not read" \
+        in result.output
+    assert not fake.prompts and not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_csv_field_beyond_the_csv_modules_default_limit_is_read(tmp_path, fake):
+    src = tmp_path / "visits.csv"
+    src.write_text("id,dialogue\n1," + "Doctor: a." * 20000 + "\n2,Doctor: b.\n")
+    result = run("summarize", src, "-o", tmp_path / "o.jsonl")
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in lines(tmp_path / "o.jsonl")] == ["1", "2"]
+
+
+def test_resume_keeps_results_holding_unicode_line_separators(tmp_path, monkeypatch):
+    backend = FakeBackend(reply="first\u2028second\x85third")
+    monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: backend)
+    src = write_jsonl(tmp_path / "q.jsonl", [{"id": i, "question": f"Question\u2028{i}?"} for i in range(3)])
+    out = tmp_path / "a.jsonl"
+    assert run("ask", "-i", src, "-o", out).exit_code == 0
+    before = out.read_bytes()
+    backend.prompts.clear()
+    result = run("ask", "-i", src, "-o", out)
+    assert result.exit_code == 0 and "resuming: 3 already" in result.output
+    assert out.read_bytes() == before and not backend.prompts
+
+
+def test_a_hand_edited_line_in_the_middle_stops_the_resume_and_keeps_the_file(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "dialogue": f"Doctor: item{i}."} for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    assert run("summarize", src, "-o", out).exit_code == 0
+    rows = out.read_text().splitlines(keepends=True)
+    edited = rows[0] + "my note\n" + rows[1]
+    out.write_text(edited)
+    result = run("summarize", src, "-o", out)
+    assert result.exit_code == 1 and f"{out}:2: not a result line" in result.output
+    assert out.read_text() == edited
+
+
+def test_a_complete_last_line_without_its_newline_is_kept(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "dialogue": f"Doctor: item{i}."} for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    assert run("summarize", src, "-o", out).exit_code == 0
+    rows = out.read_text().splitlines(keepends=True)
+    out.write_text(rows[0] + rows[1].rstrip("\n"))
+    fake.prompts.clear()
+    assert run("summarize", src, "-o", out).exit_code == 0
+    assert [r["id"] for r in lines(out)] == ["0", "1", "2"] and len(fake.prompts) == 1
+
+
+def test_overwrite_keeps_the_old_output_until_the_model_has_loaded(tmp_path, fake, monkeypatch):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}])
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "x", "summary": "kept"}\n')
+
+    def no_model(*a, **k):
+        from assistant.models import ModelError
+        raise ModelError("unknown model 'typo'")
+
+    monkeypatch.setattr(cli_module, "load_backend", no_model)
+    result = run("summarize", src, "-o", out, "--overwrite", "-m", "typo")
+    assert result.exit_code == 1 and "unknown model 'typo'" in result.output
+    assert out.read_text() == '{"id": "x", "summary": "kept"}\n'
+
+
+def test_a_failed_start_leaves_no_output_in_the_way_of_the_corrected_run(tmp_path, fake):
+    out = tmp_path / "out.jsonl"
+    result = run("summarize", tmp_path / "trnscripts.jsonl", "-o", out)
+    assert result.exit_code == 1 and "file not found" in result.output
+    assert not out.exists() and not (tmp_path / "out.jsonl.run.json").exists()
+    src = write_jsonl(tmp_path / "transcripts.jsonl", [{"id": "1", "dialogue": "Doctor: a."}])
+    assert run("summarize", src, "-o", out).exit_code == 0
+
+
+def test_an_output_that_is_also_an_input_is_refused(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}])
+    before = src.read_bytes()
+    result = run("summarize", src, "-o", src, "--overwrite")
+    assert result.exit_code == 1 and "is also an input" in result.output
+    assert src.read_bytes() == before
+
+
+def test_empty_inputs_are_errors(tmp_path, fake):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "header.csv").write_text("id,dialogue\n")
+    for name in ("empty.jsonl", "header.csv"):
+        result = run("summarize", tmp_path / name, "-o", tmp_path / "o.jsonl")
+        assert result.exit_code == 1 and f"{tmp_path / name}: no records found" in result.output
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("notes.csv", "unsupported output type '.csv'"),
+    ("a_dir.jsonl", "is a directory"),
+])
+def test_bad_output_paths_are_one_clear_line(tmp_path, fake, name, problem):
+    (tmp_path / "a_dir.jsonl").mkdir()
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}])
+    result = run("summarize", src, "-o", tmp_path / name, "--overwrite")
+    assert result.exit_code == 1 and problem in result.output and "Traceback" not in result.output
+
+
+def test_an_output_under_a_file_is_one_clear_line(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}])
+    result = run("summarize", src, "-o", src.parent / "in.jsonl.d" / ".." / "x" / "o.jsonl")
+    assert result.exit_code == 0  # a plain new folder is made
+    (tmp_path / "plain").write_text("")
+    result = run("summarize", src, "-o", tmp_path / "plain" / "o.jsonl")
+    assert result.exit_code == 1 and "cannot write the output" in result.output
+
+
+def test_json_arrays_bom_and_section_header_in_json_inputs(tmp_path, fake):
+    (tmp_path / "visits.json").write_text(json.dumps([
+        {"id": "a", "dialogue": "Doctor: hi.\nPatient: cough.", "section_header": "PLAN"}, {"id": "b"}]))
+    result = run("summarize", tmp_path / "visits.json", "-o", tmp_path / "o.jsonl")
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'visits.json'}: item 1: missing field 'dialogue' (or 'transcript', 'conversation', 'text')" \
+        in result.output
+    assert "'Plan' section" in fake.prompts[0][1]["content"]
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "1", "dialogue": "Doctor: a."}).encode() + b"\n")
+    assert run("summarize", src, "-o", tmp_path / "bom.out.jsonl").exit_code == 0
+
+
+def test_ask_reads_a_csv_of_questions_and_refuses_batch_flags_without_input(tmp_path, fake):
+    src = tmp_path / "q.csv"
+    src.write_text("Key,Question\nq1,What is a fever?\n")
+    result = run("ask", "-i", src, "-o", tmp_path / "a.jsonl", "--id-column", "Key")
+    assert result.exit_code == 0, result.output
+    assert lines(tmp_path / "a.jsonl")[0]["question"] == "What is a fever?"
+    result = run("ask", "What is a fever?", "-o", tmp_path / "b.jsonl")
+    assert result.exit_code == 1 and "--output is for a batch of questions" in result.output
+    assert not (tmp_path / "b.jsonl").exists()
+    result = run("summarize", tmp_path / "x.txt", "--overwrite")
+    assert result.exit_code == 1 and "--overwrite replaces a batch output" in result.output
+
+
+def test_resume_refuses_other_columns_seed_or_repeat_penalty(tmp_path, fake):
+    src = tmp_path / "visits.csv"
+    src.write_text("id,note,transcript\n1,Doctor: a.,Doctor: b.\n")
+    out = tmp_path / "o.jsonl"
+    assert run("summarize", src, "-o", out, "--text-column", "note").exit_code == 0
+    for extra in (["--text-column", "transcript"], ["--text-column", "note", "--seed", "3"],
+                  ["--text-column", "note", "--repeat-penalty", "1.5"]):
+        result = run("summarize", src, "-o", out, *extra)
+        assert result.exit_code == 1 and "different run" in result.output, extra
+
+
+def test_a_batch_stopped_by_a_second_ctrl_c_is_not_left_running(tmp_path, monkeypatch):
+    from assistant.store import Store
+
+    class Interrupting(FakeBackend):
+        def stream(self, messages, options=None, cancel=None):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: Interrupting(reply="x"))
+    src = write_jsonl(tmp_path / "q.jsonl", [{"id": 1, "question": "What is asthma?"}])
+    db = tmp_path / "log.db"
+    result = CliRunner().invoke(cli, ["ask", "-i", str(src), "-o", str(tmp_path / "a.jsonl"), "--db", str(db)])
+    assert result.exit_code == 1 and "Aborted" in result.output  # click's answer to KeyboardInterrupt
+    with Store(db) as store:
+        (run_row,) = store.db.query("select status, counts from batch_runs")
+        assert run_row["status"] == "cancelled" and json.loads(run_row["counts"])["remaining"] == 1

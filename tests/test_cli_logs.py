@@ -148,3 +148,43 @@ def test_export_file_is_private(db, filled, tmp_path):
     out = tmp_path / "a.md"
     assert run("export", "--db", db, filled["a"], "-o", out).exit_code == 0
     assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("command", [["show", "x"], ["search", "x"], ["export", "--all"], ["delete", "x", "--yes"],
+                                     ["rename", "x", "t"], ["backup", "copy.db"]])
+def test_a_mistyped_db_is_an_error_and_is_not_created(tmp_path, command):
+    typo = tmp_path / "typo" / "logs.db"
+    r = CliRunner().invoke(logs, [*command, "--db", str(typo)])
+    assert r.exit_code == 1 and "no log database here" in r.stderr and str(typo) in r.stderr
+    assert not typo.parent.exists()
+    r = CliRunner().invoke(logs, ["list", "--db", str(typo)])
+    assert r.exit_code == 0 and "No sessions logged yet" in r.stdout and not typo.parent.exists()
+
+
+def test_another_programs_database_is_refused_untouched(tmp_path):
+    import sqlite3
+
+    other = tmp_path / "clinic.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("create table patients (id integer primary key, name text)")
+    before = hashlib.sha256(other.read_bytes()).hexdigest()
+    r = CliRunner().invoke(logs, ["list", "--db", str(other)])
+    assert r.exit_code == 1 and "another program's SQLite database (tables: patients)" in r.stderr
+    assert hashlib.sha256(other.read_bytes()).hexdigest() == before
+
+
+def test_import_checks_every_session_before_writing_any(db, filled, tmp_path):
+    good = {"id": "g", "mode": "chat", "created": "2025-01-31T10:00:00+00:00", "updated": "2025-01-31T10:00:00+00:00",
+            "messages": [{"role": "user", "content": "hi", "created": "2025-01-31T10:00:00+00:00"}]}
+    for bad, problem in [
+        ({**good, "id": "y", "created": "2024"}, "session 2: (id y) field 'created' must be an ISO date and time"),
+        ({**good, "id": "y", "mode": "party"}, "field 'mode' must be one of chat, kiosk, batch"),
+        ({**good, "id": "y", "messages": [{"role": "user", "created": "yesterday"}]}, "message 1: field 'created'"),
+    ]:
+        path = tmp_path / "in.json"
+        path.write_text(json.dumps({"format": "health-assistant-logs", "sessions": [good, bad]}))
+        r = CliRunner().invoke(logs, ["import", "--db", str(db), str(path)])
+        assert r.exit_code == 1 and problem in r.stderr and "nothing was imported" in r.stderr, r.stderr
+    assert run("list", "--db", db).exit_code == 0
+    with Store(db) as st:
+        assert {s["id"] for s in st.list_sessions()} == {filled["a"], filled["b"]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from assistant import prompts
-from assistant.tasks import TaskError, answer, split_to_fit, summarize, summary_messages
+from assistant.tasks import TaskError, answer, split_to_fit, summarize, summary_messages, summary_options
 from fakes import FakeBackend
 
 
@@ -98,3 +98,10 @@ def test_answer_streams_through_callback(word_backend):
 def test_empty_question_is_an_error(word_backend):
     with pytest.raises(TaskError):
         answer(word_backend, "   ")
+
+
+def test_a_reply_length_that_fills_the_context_is_named_before_any_generation():
+    backend = FakeBackend(reply="x", context_length=512)
+    with pytest.raises(TaskError, match="a reply of up to 600 tokens leaves no room .* 512-token context"):
+        summarize(backend, "Doctor: hi.\nPatient: cough.", options=summary_options(max_tokens=600))
+    assert not backend.prompts
