@@ -351,13 +351,15 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
             with user_errors():
                 run = store.start_batch(task, ", ".join(map(str, inputs)), str(output_path), be.model_name)
         status = "cancelled"  # unless the loop ends: a second Ctrl-C leaves it by KeyboardInterrupt
+        already = len(writer.done)
         try:
-            done = _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors)
-            status = ("complete" if done == len(todo) and not errors
+            _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors)
+            status = ("complete" if len(writer.done) - already == len(todo) and not errors
                       else "cancelled" if token.cancelled else "partial")
         finally:
             be.close()
             writer.close()
+            done = len(writer.done) - already
             if run is not None:
                 with user_errors():
                     store.finish_batch(run[1], {"done": done, "skipped": skipped, "failed": len(errors),
@@ -371,11 +373,10 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
     return 1 if remaining else 0
 
 
-def _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors) -> int:
-    """Run the task on each record, writing each result as it comes; returns how many were written."""
+def _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors) -> None:
+    """Run the task on each record, writing each result as it comes (`writer.done` counts them)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    done = 0
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=False) as progress, sigint_cancels(token):
@@ -411,9 +412,7 @@ def _process(task, todo, be, writer, store, run, opts, section, best_of, token, 
                     store.add_batch_item(run[0], r.text, result.text, model=result.model,
                                          options=opts.to_dict(), stats=result.stats.to_dict(),
                                          meta={"id": r.id, "section": r.section or section, **result.meta})
-            done += 1
             progress.advance(bar)
-    return done
 
 
 def _report_errors(errors: list[RecordError]) -> None:

@@ -396,13 +396,18 @@ def test_a_batch_stopped_by_a_second_ctrl_c_is_not_left_running(tmp_path, monkey
 
     class Interrupting(FakeBackend):
         def stream(self, messages, options=None, cancel=None):
-            raise KeyboardInterrupt
+            if self.prompts:  # the second record: the user presses Ctrl-C twice
+                raise KeyboardInterrupt
+            return super().stream(messages, options, cancel)
 
     monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: Interrupting(reply="x"))
-    src = write_jsonl(tmp_path / "q.jsonl", [{"id": 1, "question": "What is asthma?"}])
+    src = write_jsonl(tmp_path / "t.jsonl", [{"id": 1, "dialogue": "Doctor: hi.\nPatient: cough."},
+                                            {"id": 2, "dialogue": "Doctor: hi.\nPatient: rash."}])
     db = tmp_path / "log.db"
-    result = CliRunner().invoke(cli, ["ask", "-i", str(src), "-o", str(tmp_path / "a.jsonl"), "--db", str(db)])
+    result = CliRunner().invoke(cli, ["summarize", str(src), "-o", str(tmp_path / "a.jsonl"), "--db", str(db)])
     assert result.exit_code == 1 and "Aborted" in result.output  # click's answer to KeyboardInterrupt
     with Store(db) as store:
         (run_row,) = store.db.query("select status, counts from batch_runs")
-        assert run_row["status"] == "cancelled" and json.loads(run_row["counts"])["remaining"] == 1
+        assert run_row["status"] == "cancelled"
+        assert json.loads(run_row["counts"]) == {"done": 1, "skipped": 0, "failed": 0, "remaining": 1}
+    assert [r["id"] for r in lines(tmp_path / "a.jsonl")] == ["1"]
