@@ -131,8 +131,10 @@ def grounded_answer_messages(question: str, passages: Sequence, history: Sequenc
 _SMALL_TALK = re.compile(
     r"^\W*(?:hi|hello|hey|good (?:morning|afternoon|evening)|thanks?(?: you)?|thank you(?: very much)?|"
     r"bye|goodbye|ok(?:ay)?|who are you|what are you|what can you do|how are you)\b"
-    # a short tail ("there", "today", "so much") but no question of its own
-    r"(?![\w\s,']*\b(?:what|why|when|where|which|can|should|does|do|is|my)\b)[\w\s,']{0,20}\W*$",
+    # a short tail ("there", "today", "so much") but no question of its own, and nothing
+    # about the writer's health ("hello, I have cancer" is a health message, not a greeting)
+    r"(?![\w\s,']*\b(?:what|why|when|where|which|can|should|does|do|is|my|have|has|had|feel|feeling|got|am|"
+    r"i'm|im|pain|hurts?|sick|ill)\b)[\w\s,']{0,20}\W*$",
     re.IGNORECASE,
 )
 

@@ -6,21 +6,26 @@
 Recall per urgent class (emergency, crisis), and the false-alarm rate: the share
 of routine ("none") messages that got any urgent level. tests/triage_set.jsonl is
 both the design set (the rules were written against it) and the test, so its
-figures are optimistic. tests/triage_holdout.jsonl was written in three batches,
-each before the rules saw it; the first run of each batch is the honest estimate:
+figures are optimistic. tests/triage_holdout.jsonl was written in batches, each
+before the rules saw it; the first run of each batch is the honest estimate:
 
 | batch | emergency recall | crisis recall | false alarms |
 | --- | --- | --- | --- |
 | 1 (22, before any rule) | 8/8 | 3/4 (a planned overdose read as emergency) | 0/10 |
 | 2 (30) | 7/10 (paraphrased chest pain, "4 weeks" infant, chest tight + lip swelling) | 4/4 | 0/16 |
 | 3 (24) | 8/9 ("heavy feeling in my chest") | 2/4 ("don't see the point in living", "want it all to end") | 0/11 |
-| all | 23/27 = 85 % | 9/12 = 75 % | 0/37 |
+| 4 (18, a reviewer's probes aimed at gaps) | 0/6 (a count of tablets, vomiting blood, stabbed, chest pain "right now") | 0/7 (a method: hang, shoot, jump; "thoughts of suicide"; "kil") | 5/5 ("tired of living with eczema", speech trouble since a stroke, choking "sometimes") |
+| 5 (24, written before batch 4's fixes, run once after them) | 5/9 (coughing up a lot of blood, hit by a car, a cut that spurts, pills taken twice) | 1/6 (stockpiled pills, a rope, a car into a wall, "nobody would miss me", burning oneself) | 0/9 |
+| 1-3 and 5 (unseen) | 28/36 = 78 % | 10/18 = 56 % | 0/46 |
 
-Batches 1 and 2 were then used to generalise the rules (and batch 3 too), so the
-holdout now passes at 100 % and is no longer unseen: expect paraphrases the rules
-have not met to be missed at roughly those first-run rates. An unlabelled check on
+Every batch was then used to generalise the rules, so the holdout now passes at
+100 % and is no longer unseen: expect paraphrases the rules have not met to be
+missed at roughly those first-run rates, indirect statements of suicidal intent
+most of all. An unlabelled check on
 1,000 real consumer questions (MeQSum) flagged 14 as urgent before and 5 after
-tuning on it, most of them arguable (a relative who swallowed caustic soda).
+tuning on it, most of them arguable (a relative who swallowed caustic soda); the
+batch 4 and 5 rules flag 5 as well (one fewer false "unresponsive", one more
+"vomiting blood clots, very small amounts").
 """
 from __future__ import annotations
 

@@ -107,6 +107,8 @@ def test_prescription_request_gets_general_information_and_a_referral(kb):
     ("hello", True), ("Hi! How are you today?", True), ("Thanks, bye.", True),
     ("Hello, what causes glaucoma?", False), ("Hi. My knee hurts when I run.", False),
     ("Hello, what is flu?", False), ("thanks, is it contagious?", False),
+    ("hello, I have cancer", False), ("hey I have chest pain", False), ("hi, I feel sick", False),
+    ("Thanks, I appreciate it", True),
 ])
 def test_small_talk_detection(text, small):
     from assistant.tasks import is_small_talk

@@ -215,6 +215,9 @@ def _rule_fires(rule: _Rule, norm: str, cfg: TriageConfig, question: bool) -> bo
             return False
         if cfg.ctx["past"].search(norm) and not cfg.ctx["current"].search(norm):
             return False
+        chronic, acute = cfg.ctx.get("chronic"), cfg.ctx.get("acute")
+        if chronic is not None and chronic.search(norm) and not (acute is not None and acute.search(norm)):
+            return False
     return True
 
 
