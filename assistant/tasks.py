@@ -415,6 +415,10 @@ def answer(
     reserve = min(opts.max_tokens, backend.context_length // 2)
     while len(messages) > 2 and backend.prompt_tokens(messages) + reserve > backend.context_length:
         messages = [messages[0], *messages[3:]]
+    if backend.prompt_tokens(messages) + reserve > backend.context_length:
+        words = len(question.split())
+        raise TaskError(f"the question is too long for the model ({words} words); it reads about "
+                        f"{backend.context_length} tokens with its answer: please shorten it")
     text, stats = _run(backend, messages, opts, on_text, cancel)
     if referral and stats.finish_reason != "cancelled":
         if on_text is not None:

@@ -105,3 +105,10 @@ def test_a_reply_length_that_fills_the_context_is_named_before_any_generation():
     with pytest.raises(TaskError, match="a reply of up to 600 tokens leaves no room .* 512-token context"):
         summarize(backend, "Doctor: hi.\nPatient: cough.", options=summary_options(max_tokens=600))
     assert not backend.prompts
+
+
+def test_a_question_too_long_for_the_context_is_refused_plainly():
+    backend = FakeBackend(reply="x", context_length=512)
+    with pytest.raises(TaskError, match=r"the question is too long for the model \(2000 words\).*shorten it"):
+        answer(backend, "pain " * 2000, grounded=False)
+    assert not backend.prompts

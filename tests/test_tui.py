@@ -704,3 +704,78 @@ async def test_e2e_real_model_answers(tmp_path):
         assert stored[1]["role"] == "assistant" and stored[1]["content"].strip()
         assert stored[1]["status"] == "complete" and stored[1]["completion_tokens"] > 0
         assert app.query_one(StatusLine).rate != "–"
+
+
+async def test_a_stopped_regenerate_keeps_the_previous_answer(tmp_path):
+    long_reply = " ".join(f"word{i}" for i in range(400))
+    backend = FakeBackend(replies=["The first answer.", long_reply, "A follow-up answer."], delay=0.01)
+    app = make_app(tmp_path, backend)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "How much water should I drink?")
+        first_id = app.turns[-1].reply_id
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: app.job is not None and len(app.job.view.text) > 20, what="some text")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: idle(app), what="the cancel")
+        await pilot.pause()
+        assert [r.text for r in replies(app) if r.display] == ["The first answer."]
+        assert app.turns[-1].reply == "The first answer." and app.turns[-1].reply_id == first_id
+        assert any("previous one is kept" in n for n in notifications(app))
+        await send(pilot, "And for children?")
+        assert backend.calls[-1][-3:-1] == [{"role": "user", "content": "How much water should I drink?"},
+                                            {"role": "assistant", "content": "The first answer."}]
+        stored = messages(app.store, app.session_id)
+        assert [m["status"] for m in stored if m["role"] == "assistant"] == ["complete", "cancelled", "complete"]
+        turns = turns_from_messages(stored)
+        assert [t.reply for t in turns] == ["The first answer.", "A follow-up answer."]
+
+
+async def test_export_is_private_and_asks_before_replacing_a_file(tmp_path):
+    app = make_app(tmp_path, FakeBackend("Rest."))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "Flu or cold?")
+        out = tmp_path / "flu.md"
+        out.write_text("my own notes")
+        await pilot.press("f3")
+        await wait_until(pilot, lambda: isinstance(app.screen, PromptScreen))
+        app.screen.query_one(Input).value = str(out)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the overwrite question")
+        await pilot.press("n")
+        await pilot.pause()
+        assert out.read_text() == "my own notes"
+        fresh = tmp_path / "new.md"
+        await pilot.press("f3")
+        await wait_until(pilot, lambda: isinstance(app.screen, PromptScreen))
+        app.screen.query_one(Input).value = str(fresh)
+        await pilot.press("enter")
+        await wait_until(pilot, fresh.exists)
+        assert "Flu or cold?" in fresh.read_text() and oct(fresh.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_quit_waits_for_the_generating_thread_before_freeing_the_model(tmp_path):
+    events: list[str] = []
+
+    class SlowPrefill(FakeBackend):
+        """Like llama.cpp on a long prompt: no cancel can land until the prompt is read."""
+
+        def stream(self, messages, options=None, cancel=None):
+            events.append("prefill")
+            time.sleep(0.8)
+            events.append("prefill done, model " + ("freed" if self.closed else "alive"))
+            yield from super().stream(messages, options, cancel)
+
+        def close(self):
+            events.append("close")
+            super().close()
+
+    app = make_app(tmp_path, SlowPrefill("Rest."))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "Flu or cold?", wait=False)
+        await wait_until(pilot, lambda: "prefill" in events, what="the prompt to be read")
+        await pilot.press("ctrl+q")
+        await wait_until(pilot, lambda: not app.is_running, what="the app to exit")
+    assert events == ["prefill", "prefill done, model alive", "close"]

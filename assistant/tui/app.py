@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import re
 import threading
 import time
@@ -49,6 +50,9 @@ ASK, SUMMARIZE = "ask", "summarize"
 TASK_LABELS = {ASK: "Ask", SUMMARIZE: "Summarize"}
 URGENT_LEVELS = ("emergency", "crisis")
 MAX_TRANSCRIPT_BYTES = 5_000_000
+# On quit, how long to wait for a reply being generated to notice its cancel before the
+# model is freed: llama.cpp must not free a context a thread is still decoding with.
+CLOSE_WAIT_S = 30.0
 NOTES = {
     "cancelled": "⏹ cancelled: the partial answer is kept",
     "partial": "⚠ interrupted: the app closed while this was being written",
@@ -133,6 +137,7 @@ class Job:
     meta: dict = field(default_factory=dict)
     store_error: str | None = None
     forwarder: PieceForwarder | None = None
+    previous: tuple | None = None  # a regenerated turn's reply (text, id, view, status, meta) until the new one is done
 
 
 class PieceForwarder:
@@ -256,6 +261,7 @@ class HealthAssistantApp(App[int]):
         self._load_started = 0.0
         self._load_timer = None
         self._quitting = False
+        self._generating = threading.Lock()  # held by the thread generating a reply
 
         self.session_id: str | None = None
         self.session_title: str | None = None
@@ -687,6 +693,10 @@ class HealthAssistantApp(App[int]):
 
     @work(thread=True, group="generate", exit_on_error=False, name="generate")
     def _generate(self, job: Job) -> None:
+        with self._generating:
+            self._generate_locked(job)
+
+    def _generate_locked(self, job: Job) -> None:
         backend = self._wait_for_model(job)
         if backend is None:
             error = None if job.cancel.cancelled else f"The model is not available: {self.model_error}"
@@ -786,6 +796,21 @@ class HealthAssistantApp(App[int]):
             self._finish_writer(job, turn.status, stats, meta)
             self.job = None
             self.refresh_bindings()
+        if job.previous is not None:
+            await self._settle_regenerated(job)
+
+    async def _settle_regenerated(self, job: Job) -> None:
+        turn = job.turn
+        reply, reply_id, old_view, status, meta = job.previous
+        if turn.status == "complete" or not reply.strip():
+            if old_view is not None:
+                await old_view.remove()
+            return
+        await job.view.remove()
+        turn.reply, turn.reply_id, turn.reply_view, turn.status, turn.meta = reply, reply_id, old_view, status, meta
+        if old_view is not None:
+            old_view.display = True
+        self.notify("The new answer was not finished: the previous one is kept.", timeout=5)
 
     async def _show_as_banner(self, turn: Turn, view: ChatMessage, level: str) -> None:
         """The task layer answered an emergency or a crisis with its fixed message:
@@ -827,11 +852,15 @@ class HealthAssistantApp(App[int]):
             self.notify("There is no answer to regenerate yet.", timeout=3)
             return
         turn = self.turns[-1]
+        # The answer shown stays the answer until its replacement is complete: a regenerate
+        # that is stopped or fails brings it back.
+        previous = (turn.reply, turn.reply_id, turn.reply_view, turn.status, turn.meta)
         if turn.reply_view is not None:
-            await turn.reply_view.remove()
-        replaces = turn.reply_id
+            turn.reply_view.display = False
         turn.reply, turn.reply_id, turn.reply_view = "", None, None
-        await self._start_reply(turn, replaces=replaces)
+        await self._start_reply(turn, replaces=previous[1])
+        if self.job is not None:
+            self.job.previous = previous
 
     @guarded("Cannot switch mode")
     async def action_set_task(self, task: str) -> None:
@@ -921,21 +950,33 @@ class HealthAssistantApp(App[int]):
             return
         default = Path.cwd() / f"{_slug(self._session_title_of(target))}.md"
 
-        def done(path: str | None) -> None:
-            if not path or not path.strip():
-                return
-            dest = Path(path.strip()).expanduser()
+        def write(dest: Path) -> None:
             fmt = "json" if dest.suffix.lower() == ".json" else "markdown"
             content = self._db("exporting the session", self.store.export, [target], fmt)
             if content is None:
                 return
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_text(content, encoding="utf-8")
+                # Health conversations: readable by the owner only, like the database.
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with open(fd, "w", encoding="utf-8") as f:
+                    f.write(content)
             except OSError as exc:
                 self.report_error("Cannot write the export", exc)
                 return
             self.notify(f"Exported to {dest}", timeout=5)
+
+        def done(path: str | None) -> None:
+            if not path or not path.strip():
+                return
+            dest = Path(path.strip()).expanduser()
+            if dest.is_dir():
+                self.notify(f"{dest} is a folder: give a file name", severity="error", timeout=5)
+            elif dest.exists():
+                self.push_screen(ConfirmScreen(f"{dest} exists. Replace it?"),
+                                 lambda yes: write(dest) if yes else None)
+            else:
+                write(dest)
 
         self.push_screen(PromptScreen("Export session to (.md or .json)", str(default)), done)
 
@@ -1015,6 +1056,12 @@ class HealthAssistantApp(App[int]):
     async def on_unmount(self) -> None:
         self._begin_shutdown()
         backend, self.backend = self.backend, None
+        # The cancel reaches a generating thread at its next token, which may be a long
+        # prompt away; until it has stopped, the model must stay allocated.
+        stopped = await asyncio.to_thread(self._generating.acquire, timeout=CLOSE_WAIT_S)
+        if not stopped:
+            log.warning("a reply was still being generated after %.0f s; the model is left to the exit", CLOSE_WAIT_S)
+            backend = None
         if backend is not None:
             try:
                 backend.close()
@@ -1047,7 +1094,7 @@ def _note_for(status: str, meta: dict | None) -> str:
 
 
 def turns_from_messages(messages: list[dict]) -> list[Turn]:
-    """A stored session as turns; a regenerated reply replaces the one before it."""
+    """A stored session as turns; a regenerated reply replaces the one before it once it is complete."""
     turns: list[Turn] = []
     for m in messages:
         meta = m.get("meta") or {}
@@ -1060,7 +1107,10 @@ def turns_from_messages(messages: list[dict]) -> list[Turn]:
                               status="none"))
         elif m["role"] == "assistant" and turns:
             turn = turns[-1]
-            turn.reply, turn.reply_id, turn.status = m["content"] or "", m["id"], m.get("status") or "complete"
+            status = m.get("status") or "complete"
+            if meta.get("regenerated") and status != "complete" and turn.status == "complete" and turn.reply.strip():
+                continue  # a regeneration that did not finish: the answer before it stands
+            turn.reply, turn.reply_id, turn.status = m["content"] or "", m["id"], status
             turn.meta = meta
     return turns
 
