@@ -116,6 +116,7 @@ def show(db_path, session_id):
     for r in s["batch_runs"]:
         con.print(Text(f"batch {r['task']}: {r['input_path']} -> {r['output_path'] or '-'} "
                        f"({r['status']}, {r['counts']})", style="dim"))
+    notes = store_mod.message_notes(s["messages"])
     for m in s["messages"]:
         head = Text(f"\n{m['role']}", style="bold cyan" if m["role"] == "user" else "bold green")
         head.append(f" · {_when(m['created'])}", style="dim")
@@ -123,6 +124,8 @@ def show(db_path, session_id):
             head.append(f" · {m['model']}", style="dim")
         if m["status"] != "complete":
             head.append(f" · {m['status']}", style="bold yellow" if m["status"] != "error" else "bold red")
+        for note in notes.get(m["id"], []):
+            head.append(f" · {note}", style="bold red" if note.startswith("triage") else "dim")
         con.print(head)
         con.print(Text(m["content"] or "(empty)"))
         if m["meta"] and m["meta"].get("error"):

@@ -867,6 +867,22 @@ def _run_in(session_id: str, r: dict) -> dict:
     return {k: r.get(k) for k in cols} | {"session_id": session_id, "counts": _dumps(r.get("counts"))}
 
 
+def message_notes(messages: list[dict]) -> dict[int, list[str]]:
+    """What a reader of a session needs beyond the text, per message id: the triage
+    level a message raised, and which replies were regenerated or replaced (the
+    user saw the replacement only once it was complete)."""
+    notes: dict[int, list[str]] = {}
+    for m in messages:
+        meta = m.get("meta") or {}
+        if meta.get("triage") in ("emergency", "crisis"):
+            notes.setdefault(m["id"], []).append(f"triage: {meta['triage']}")
+        if meta.get("replaces") is not None:
+            notes.setdefault(m["id"], []).append("regenerated")
+            if m.get("status") == "complete":
+                notes.setdefault(meta["replaces"], []).append("replaced by a regenerated reply")
+    return notes
+
+
 def _session_markdown(s: dict) -> str:
     lines = [f"# {s['title'] or 'Untitled session'}", ""]
     lines.append(f"- id: `{s['id']}`")
@@ -879,12 +895,15 @@ def _session_markdown(s: dict) -> str:
             f"- batch run {r['id']}: task {r['task']}, {r['input_path']} -> {r['output_path'] or '-'}, "
             f"status {r['status']}, counts {json.dumps(r['counts'])}"
         )
+    notes = message_notes(s["messages"])
     for m in s["messages"]:
         head = f"## {m['role']} · {m['created']}"
         if m["model"]:
             head += f" · {m['model']}"
         if m["status"] != "complete":
             head += f" · **{m['status']}**"
+        for note in notes.get(m["id"], []):
+            head += f" · {note}"
         lines += ["", head, "", m["content"] or "_(empty)_"]
         if m["status"] == "error" and m["meta"] and m["meta"].get("error"):
             lines += ["", f"> error: {m['meta']['error']}"]

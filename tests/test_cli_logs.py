@@ -188,3 +188,15 @@ def test_import_checks_every_session_before_writing_any(db, filled, tmp_path):
     assert run("list", "--db", db).exit_code == 0
     with Store(db) as st:
         assert {s["id"] for s in st.list_sessions()} == {filled["a"], filled["b"]}
+
+
+def test_show_and_export_mark_triage_and_regenerated_replies(db):
+    with Store(db) as st:
+        sid = st.new_session("chat", "smollm2", title="Chest")
+        st.add_message(sid, "user", "crushing chest pain", meta={"triage": "emergency"})
+        first = st.add_message(sid, "assistant", "Call 911.", model="smollm2")
+        st.add_message(sid, "assistant", "Call 911 now.", model="smollm2", meta={"replaces": first, "regenerated": True})
+    shown = run("show", "--db", db, sid).stdout
+    assert "triage: emergency" in shown and "replaced by a regenerated reply" in shown and "regenerated" in shown
+    exported = run("export", "--db", db, sid).stdout
+    assert exported.count("replaced by a regenerated reply") == 1 and "· triage: emergency" in exported
