@@ -23,9 +23,9 @@ Every batch was then used to generalise the rules, so the holdout now passes at
 missed at roughly those first-run rates, indirect statements of suicidal intent
 most of all. An unlabelled check on
 1,000 real consumer questions (MeQSum) flagged 14 as urgent before and 5 after
-tuning on it, most of them arguable (a relative who swallowed caustic soda); the
-batch 4 and 5 rules flag 5 as well (one fewer false "unresponsive", one more
-"vomiting blood clots, very small amounts").
+tuning on it, most of them arguable (a relative who swallowed caustic soda); with
+the rules written for batches 4 and 5 it flags 6, the sixth "vomiting blood clots,
+very small amounts".
 """
 from __future__ import annotations
 

@@ -47,6 +47,7 @@ class _Rule:
     level: str
     terms: list[re.Pattern]
     context: bool
+    unless: list[re.Pattern] = field(default_factory=list)  # the rule does not fire if any matches
 
 
 @dataclass
@@ -117,7 +118,8 @@ def load_config(path: str | os.PathLike | None = None) -> TriageConfig:
         return re.compile(src)
 
     rules = [
-        _Rule(r["id"], r["level"], [compile_term(t) for t in r["all"]], bool(r.get("context", False)))
+        _Rule(r["id"], r["level"], [compile_term(t) for t in r["all"]], bool(r.get("context", False)),
+              [compile_term(t) for t in r.get("unless", [])])
         for r in raw["rule"]
     ]
     # Crisis rules first: when both fire, the crisis text (which also names the
@@ -187,12 +189,15 @@ def _clause_at(norm: str, pos: int) -> tuple[int, str]:
     return start, norm[start : end if end >= 0 else len(norm)]
 
 
-def _usable(norm: str, m: re.Match, cfg: TriageConfig) -> bool:
+def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False) -> bool:
     start, clause = _clause_at(norm, m.start())
     prefix = " " + norm[start : m.start()].strip() + " "
     if cfg.ctx["negation"].search(prefix):
         return False
     if cfg.ctx["educational"].search(clause) and not cfg.ctx["personal_now"].search(clause):
+        return False
+    occasional = cfg.ctx.get("occasional")
+    if context and occasional is not None and occasional.search(clause) and not cfg.ctx["current"].search(clause):
         return False
     return True
 
@@ -208,16 +213,15 @@ def _is_question(text: str) -> bool:
 
 def _rule_fires(rule: _Rule, norm: str, cfg: TriageConfig, question: bool) -> bool:
     for term in rule.terms:
-        if not any(_usable(norm, m, cfg) for m in term.finditer(norm)):
+        if not any(_usable(norm, m, cfg, rule.context) for m in term.finditer(norm)):
             return False
     if rule.context:
         if question and not cfg.ctx["person"].search(norm):
             return False
         if cfg.ctx["past"].search(norm) and not cfg.ctx["current"].search(norm):
             return False
-        chronic, acute = cfg.ctx.get("chronic"), cfg.ctx.get("acute")
-        if chronic is not None and chronic.search(norm) and not (acute is not None and acute.search(norm)):
-            return False
+    if any(u.search(norm) for u in rule.unless):
+        return False
     return True
 
 
