@@ -140,11 +140,17 @@ def _read_jsonl(path: Path, text_keys: tuple[str, ...]) -> Iterator[Record | Rec
 def _read_json(path: Path, text_keys: tuple[str, ...]) -> Iterator[Record | RecordError]:
     """A .json file holds one array of objects (or one object); JSON Lines are read too."""
     text = _decode(path.read_bytes()).removeprefix("\ufeff")
+    if _bad_utf8(text):
+        line = text[: next(i for i, ch in enumerate(text) if "\udc80" <= ch <= "\udcff")].count("\n") + 1
+        yield RecordError(f"{path}:{line}", "not valid UTF-8")
+        return
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError:
-        # Not one JSON value: JSON Lines with a .json name, or malformed (reported per line).
-        yield from _read_jsonl(path, text_keys)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # several JSON values: JSON Lines with a .json name
+            yield from _read_jsonl(path, text_keys)
+        else:
+            yield RecordError(f"{path}:{exc.lineno}", f"malformed JSON ({exc.msg} at column {exc.colno})")
         return
     if isinstance(doc, dict):
         yield _record(doc, str(path), text_keys)
@@ -249,10 +255,10 @@ class OutputWriter:
     """Appends results to JSONL or Markdown, resuming a matching earlier run.
 
     Creating the writer only checks the output and reads which ids it holds;
-    nothing on disk changes until `open()`, which the caller reaches only once a
-    model is loaded and there is work to do. So a run that fails early (a
-    mistyped model, an input with no good record) leaves an earlier output, even
-    one marked for --overwrite, as it was."""
+    nothing on disk changes until the first result is written (`write` opens the
+    file). So a run that fails before it has a result (a mistyped model, an input
+    with no good record, every record failing) leaves an earlier output, even one
+    marked for --overwrite, as it was."""
 
     def __init__(self, path: Path, identity: dict, overwrite: bool = False):
         self.path = path
@@ -357,7 +363,7 @@ def _read_identity(path: Path) -> dict | None:
 
 
 def _difference(old: dict, new: dict) -> str:
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    keys = [k for k in sorted(set(old) | set(new)) if k not in old or k not in new or old[k] != new[k]]
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys) or "unknown"
 
 

@@ -345,8 +345,6 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
     token = CancelToken()
     if todo:
         be = open_backend(model, adapter, backend)
-        with user_errors():
-            writer.open()
         if store is not None:  # a batch run is one session
             with user_errors():
                 run = store.start_batch(task, ", ".join(map(str, inputs)), str(output_path), be.model_name)

@@ -177,6 +177,7 @@ def export(db_path, session_ids, all_, fmt, output):
     try:
         # Exports hold health conversations: readable by the owner only, like the database.
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file that already existed keeps its mode otherwise
         with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as e:

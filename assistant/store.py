@@ -687,7 +687,14 @@ class Store:
                         continue
                     self._sessions.insert({k: s.get(k) for k in session_cols} | {"archived": int(s.get("archived") or 0)})
                     rows = [_message_in(s["id"], m) for m in s.get("messages", [])]
-                    self._messages.insert_all(rows)
+                    # Messages get new ids here, so a regenerated reply's link to the one it
+                    # replaced is carried over to the new id.
+                    new_ids = {}
+                    for m, row in zip(s.get("messages", []), rows):
+                        replaces = (m.get("meta") or {}).get("replaces")
+                        if replaces is not None:
+                            row["meta"] = _dumps({**m["meta"], "replaces": new_ids.get(replaces)})
+                        new_ids[m.get("id")] = self._messages.insert(row).last_pk
                     self._runs.insert_all(_run_in(s["id"], r) for r in s.get("batch_runs", []))
                     counts["sessions"] += 1
                     counts["messages"] += len(rows)

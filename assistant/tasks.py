@@ -132,9 +132,10 @@ _SMALL_TALK = re.compile(
     r"^\W*(?:hi|hello|hey|good (?:morning|afternoon|evening)|thanks?(?: you)?|thank you(?: very much)?|"
     r"bye|goodbye|ok(?:ay)?|who are you|what are you|what can you do|how are you)\b"
     # a short tail ("there", "today", "so much") but no question of its own, and nothing
-    # about the writer's health ("hello, I have cancer" is a health message, not a greeting)
-    r"(?![\w\s,']*\b(?:what|why|when|where|which|can|should|does|do|is|my|have|has|had|feel|feeling|got|am|"
-    r"i'm|im|pain|hurts?|sick|ill)\b)[\w\s,']{0,20}\W*$",
+    # about the writer's health ("hello, I have cancer" is a health message, not a greeting;
+    # "thanks, have a nice day" and "hi, I'm Sam" are still small talk)
+    r"(?![\w\s,']*\b(?:what|why|when|where|which|can|should|does|do|is|my|i have|i've got|i got|"
+    r"pain|hurts?|sick|ill|aches?|fever|cough\w*|cancer|hiv|symptoms?)\b)[\w\s,']{0,20}\W*$",
     re.IGNORECASE,
 )
 
@@ -411,14 +412,18 @@ def answer(
         messages = grounded_answer_messages(question, hits, _plain_history(history))
     else:
         messages = answer_messages(question, history)
-    # Drop the oldest turns of a long conversation rather than overflow the context.
+    # Drop the oldest turns of a long conversation rather than overflow the context, then
+    # the least relevant reference passages.
     reserve = min(opts.max_tokens, backend.context_length // 2)
     while len(messages) > 2 and backend.prompt_tokens(messages) + reserve > backend.context_length:
         messages = [messages[0], *messages[3:]]
+    while meta["grounded"] and len(hits) > 1 and backend.prompt_tokens(messages) + reserve > backend.context_length:
+        hits = hits[:-1]
+        meta["sources"] = unique_sources(hits)
+        messages = [*messages[:-1], grounded_answer_messages(question, hits)[-1]]
     if backend.prompt_tokens(messages) + reserve > backend.context_length:
-        words = len(question.split())
-        raise TaskError(f"the question is too long for the model ({words} words); it reads about "
-                        f"{backend.context_length} tokens with its answer: please shorten it")
+        raise TaskError(f"the question is too long for the model ({len(question.split())} words): it reads at "
+                        f"most {backend.context_length} tokens, its answer included; please shorten it")
     text, stats = _run(backend, messages, opts, on_text, cancel)
     if referral and stats.finish_reason != "cancelled":
         if on_text is not None:

@@ -90,9 +90,12 @@ def read_jsonl(path: Path) -> list[dict]:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
+                    raise ValueError(f"{path}:{n}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}:{n}: expected a JSON object")
+                records.append(record)
     return records
 
 
@@ -273,12 +276,17 @@ def summary_row(result: dict) -> list[str]:
 
 
 def update_summary(path: Path, result: dict) -> None:
-    """One row per label: a rerun replaces its row, a new label appends one."""
+    """One row per label: a rerun replaces its row, a new label appends one. Rows written
+    under other columns (an older table) are carried over by column name."""
     rows: dict[str, str] = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines()[2:]:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        old_columns = [c.strip() for c in lines[0].strip().strip("|").split("|")] if lines else []
+        for line in lines[2:]:
             if line.startswith("| "):
-                rows[line.split("|")[1].strip()] = line
+                cells = [c.strip() for c in line.strip().strip("|").split("|")]
+                by_name = dict(zip(old_columns, cells))
+                rows[cells[0]] = "| " + " | ".join(by_name.get(c, "-") for c in _COLUMNS) + " |"
     rows[result["label"]] = "| " + " | ".join(summary_row(result)) + " |"
     header = "| " + " | ".join(_COLUMNS) + " |\n|" + "---|" * len(_COLUMNS) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -373,6 +381,7 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     started = time.time()
     gen = [s for s in suites if s != "ppl"]
     selected = _select_suites(data, gen, args.limit)
+    ppl_records = _select_suites(data, ["ppl"], None)["ppl"][1] if "ppl" in suites else []
     inner = backend
     if gen and inner is None:
         t0 = time.perf_counter()
@@ -391,7 +400,7 @@ def evaluate(args, backend: Backend | None = None) -> dict:
             results[suite] = run_generation(recorder, suite, records, args.prompt_style, args.max_tokens, predictions,
                                             summary)
     if "ppl" in suites:
-        results["ppl"] = run_perplexity(spec, inner, read_jsonl(data / "valid.jsonl"), args.limit)
+        results["ppl"] = run_perplexity(spec, inner, ppl_records, args.limit)
     result = {
         "label": label,
         "model": args.model if backend is None else backend.model_name,
@@ -423,11 +432,12 @@ def _select_suites(data: Path, suites: Sequence[str], limit: int | None) -> dict
     files: dict[Path, list[dict]] = {}
     selected = {}
     for suite in suites:
-        source = data / ("valid.jsonl" if suite in VALID_SUITES else "test.jsonl")
+        source = data / ("valid.jsonl" if suite in VALID_SUITES + ("ppl",) else "test.jsonl")
         try:
             if source not in files:
                 files[source] = read_jsonl(source)
-            selected[suite] = (source, select(files[source], suite, limit))
+            records = files[source] if suite == "ppl" else select(files[source], suite, limit)
+            selected[suite] = (source, records)
         except KeyError as exc:
             raise SystemExit(f"cannot build suite {suite}: a record of {source} has no field {exc}") from None
         except (OSError, ValueError) as exc:

@@ -411,3 +411,30 @@ def test_a_batch_stopped_by_a_second_ctrl_c_is_not_left_running(tmp_path, monkey
         assert run_row["status"] == "cancelled"
         assert json.loads(run_row["counts"]) == {"done": 1, "skipped": 0, "failed": 0, "remaining": 1}
     assert [r["id"] for r in lines(tmp_path / "a.jsonl")] == ["1"]
+
+
+def test_a_malformed_json_array_is_one_error_with_its_line_and_bad_bytes_are_named(tmp_path, fake):
+    src = tmp_path / "visits.json"
+    src.write_text('[\n  {"id": "a", "dialogue": "Doctor: hi."}\n  {"id": "b", "dialogue": "Doctor: bye."}\n]\n')
+    result = run("summarize", src, "-o", tmp_path / "o.jsonl")
+    assert result.exit_code == 1 and f"{src}:3: malformed JSON (Expecting ',' delimiter" in result.output
+    assert not fake.prompts
+    src.write_bytes(b'[{"id": "a", "dialogue": "caf\xe9"}]')
+    result = run("summarize", src, "-o", tmp_path / "o.jsonl")
+    assert result.exit_code == 1 and f"{src}:1: not valid UTF-8" in result.output
+
+
+def test_when_every_record_fails_an_overwritten_output_is_kept(tmp_path, monkeypatch):
+    from assistant.backends import BackendError
+
+    class Failing(FakeBackend):
+        def stream(self, messages, options=None, cancel=None):
+            raise BackendError("the model is out of memory")
+
+    monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: Failing())
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}])
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "x", "summary": "kept"}\n')
+    result = run("summarize", src, "-o", out, "--overwrite")
+    assert result.exit_code == 1 and "out of memory" in result.output
+    assert out.read_text() == '{"id": "x", "summary": "kept"}\n'

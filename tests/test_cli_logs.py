@@ -148,6 +148,9 @@ def test_export_file_is_private(db, filled, tmp_path):
     out = tmp_path / "a.md"
     assert run("export", "--db", db, filled["a"], "-o", out).exit_code == 0
     assert oct(out.stat().st_mode & 0o777) == "0o600"
+    out.chmod(0o644)  # a file that was readable by all before is not after
+    assert run("export", "--db", db, filled["a"], "-o", out).exit_code == 0
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
 
 
 @pytest.mark.parametrize("command", [["show", "x"], ["search", "x"], ["export", "--all"], ["delete", "x", "--yes"],
@@ -200,3 +203,18 @@ def test_show_and_export_mark_triage_and_regenerated_replies(db):
     assert "triage: emergency" in shown and "replaced by a regenerated reply" in shown and "regenerated" in shown
     exported = run("export", "--db", db, sid).stdout
     assert exported.count("replaced by a regenerated reply") == 1 and "· triage: emergency" in exported
+    # an import renumbers messages; the link from the regenerated reply follows
+    with Store(db) as st:
+        other = st.new_session("chat", "smollm2")
+        st.add_message(other, "user", "shifts the ids of the next import")
+    dump = db.with_name("dump.json")
+    assert run("export", "--db", db, sid, "--format", "json", "-o", dump).exit_code == 0
+    fresh = db.with_name("fresh.db")
+    with Store(fresh) as st:
+        st.add_message(st.new_session("chat", None), "user", "an earlier message")
+    assert run("import", "--db", fresh, dump).exit_code == 0
+    shown = run("show", "--db", fresh, sid).stdout
+    assert shown.count("replaced by a regenerated reply") == 1
+    with Store(fresh) as st:
+        first_reply, second = [m for m in st.get_session(sid)["messages"] if m["role"] == "assistant"]
+        assert second["meta"]["replaces"] == first_reply["id"]

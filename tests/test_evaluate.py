@@ -196,12 +196,28 @@ def test_bad_data_stops_the_run_before_the_model_and_keeps_earlier_predictions(d
     kept = out_predictions(out)
     lines = (data / "test.jsonl").read_text().splitlines()
     (data / "test.jsonl").write_text("\n".join(lines[:2] + ['{"id": "broken",'] + lines[2:]) + "\n")
-    with pytest.raises(SystemExit, match=r"cannot build suite meqsum: .*test\.jsonl:3: not a JSON object"):
+    with pytest.raises(SystemExit, match=r"cannot build suite meqsum: .*test\.jsonl:3: malformed JSON"):
         _run(data, out, "--suites", "mts-valid,meqsum")
     assert out_predictions(out) == kept
     (data / "test.jsonl").write_text("\n".join(lines[:1] + ['{"id": "x", "source": "meqsum"}'] + lines[1:]) + "\n")
     with pytest.raises(SystemExit, match=r"a record of .*test\.jsonl has no field 'meta'"):
         _run(data, out, "--suites", "meqsum")
+    (data / "valid.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(SystemExit, match=r"cannot build suite ppl: .*valid\.jsonl:1: expected a JSON object"):
+        _run(data, out, "--suites", "ppl")
+
+
+def test_rows_of_an_older_table_keep_their_figures_under_their_columns(data, tmp_path):
+    out = tmp_path / "eval" / "new.json"
+    old_columns = [c for c in evaluate._COLUMNS if c != "ACI visit R1/R2/RL"]
+    row = {c: "-" for c in old_columns} | {"label": "old", "MeQSum R1/R2/RL": "45.9 / 28.0 / 44.2"}
+    out.parent.mkdir(parents=True)
+    (out.parent / "summary.md").write_text("| " + " | ".join(old_columns) + " |\n|" + "---|" * len(old_columns)
+                                           + "\n| " + " | ".join(row[c] for c in old_columns) + " |\n")
+    _run(data, out, "--suites", "meqsum", "--label", "new")
+    header, _, old_row, _ = (out.parent / "summary.md").read_text().splitlines()
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in old_row.strip("|").split("|")]))
+    assert cells["MeQSum R1/R2/RL"] == "45.9 / 28.0 / 44.2" and cells["ACI visit R1/R2/RL"] == "-"
 
 
 def test_summary_rows_are_updated_by_label(data, tmp_path):

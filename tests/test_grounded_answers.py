@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from assistant import cli as cli_module
 from assistant import prompts
 from assistant.cli import cli
+from assistant.backends.base import GenerationOptions
 from assistant.knowledge import KnowledgeBase
 from assistant.tasks import answer
 from fakes import FakeBackend
@@ -65,6 +66,16 @@ def test_an_answer_is_grounded_in_one_page(tmp_path):
     assert len(hits) == GROUNDING_PASSAGES and {h.url for h in hits} == {everything[0].url}
     assert retrieve_grounding(kb, "Which football team won the cup in 1966?") is None
 
+    # a context too small for every passage: the least relevant are left out, not the question
+    from assistant.tasks import grounded_answer_messages
+
+    question = "glaucoma treatment with eye drops"
+    sizes = [FakeBackend().prompt_tokens(grounded_answer_messages(question, hits[:n])) for n in (1, len(hits))]
+    be = FakeBackend(reply="Eye drops.", context_length=sizes[0] + 20 + 1)
+    result = answer(be, question, knowledge=kb, options=GenerationOptions(max_tokens=20))
+    assert result.text == "Eye drops." and result.meta["grounded"] and sizes[0] < sizes[1]
+    assert "[1] Glaucoma: treatment" in be.prompts[0][-1]["content"] and "[2]" not in be.prompts[0][-1]["content"]
+
 
 def test_nothing_relevant_means_i_do_not_know_without_asking_the_model(kb):
     be = FakeBackend()
@@ -108,7 +119,8 @@ def test_prescription_request_gets_general_information_and_a_referral(kb):
     ("Hello, what causes glaucoma?", False), ("Hi. My knee hurts when I run.", False),
     ("Hello, what is flu?", False), ("thanks, is it contagious?", False),
     ("hello, I have cancer", False), ("hey I have chest pain", False), ("hi, I feel sick", False),
-    ("Thanks, I appreciate it", True),
+    ("Thanks, I appreciate it", True), ("thanks, have a nice day", True), ("Hi, I'm Sam", True),
+    ("Okay, got it, thanks!", True), ("ok I have hiv", False),
 ])
 def test_small_talk_detection(text, small):
     from assistant.tasks import is_small_talk

@@ -137,7 +137,7 @@ class Job:
     meta: dict = field(default_factory=dict)
     store_error: str | None = None
     forwarder: PieceForwarder | None = None
-    previous: tuple | None = None  # a regenerated turn's reply (text, id, view, status, meta) until the new one is done
+    previous: tuple | None = None  # a regenerated turn's reply (text, id, view, status, meta, shown) until the new one is done
 
 
 class PieceForwarder:
@@ -801,15 +801,17 @@ class HealthAssistantApp(App[int]):
 
     async def _settle_regenerated(self, job: Job) -> None:
         turn = job.turn
-        reply, reply_id, old_view, status, meta = job.previous
-        if turn.status == "complete" or not reply.strip():
+        reply, reply_id, old_view, status, meta, shown = job.previous
+        # The same rule as a reopened session (turns_from_messages): only a complete answer
+        # stands against a replacement that did not finish.
+        if turn.status == "complete" or status != "complete" or not reply.strip():
             if old_view is not None:
                 await old_view.remove()
             return
         await job.view.remove()
         turn.reply, turn.reply_id, turn.reply_view, turn.status, turn.meta = reply, reply_id, old_view, status, meta
         if old_view is not None:
-            old_view.display = True
+            old_view.display = shown
         self.notify("The new answer was not finished: the previous one is kept.", timeout=5)
 
     async def _show_as_banner(self, turn: Turn, view: ChatMessage, level: str) -> None:
@@ -854,7 +856,8 @@ class HealthAssistantApp(App[int]):
         turn = self.turns[-1]
         # The answer shown stays the answer until its replacement is complete: a regenerate
         # that is stopped or fails brings it back.
-        previous = (turn.reply, turn.reply_id, turn.reply_view, turn.status, turn.meta)
+        shown = turn.reply_view is not None and turn.reply_view.display  # hidden: shown as a banner
+        previous = (turn.reply, turn.reply_id, turn.reply_view, turn.status, turn.meta, shown)
         if turn.reply_view is not None:
             turn.reply_view.display = False
         turn.reply, turn.reply_id, turn.reply_view = "", None, None
@@ -959,6 +962,7 @@ class HealthAssistantApp(App[int]):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 # Health conversations: readable by the owner only, like the database.
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.fchmod(fd, 0o600)  # a file that already existed keeps its mode otherwise
                 with open(fd, "w", encoding="utf-8") as f:
                     f.write(content)
             except OSError as exc:
