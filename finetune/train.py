@@ -106,19 +106,68 @@ DEFAULTS = {
 def _merge(base: dict, over: dict, where: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if key not in base and where != "data.mix":  # typos must not pass silently
-            raise ValueError(f"unknown config key {where + '.' if where else ''}{key}")
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            out[key] = _merge(base[key], value, f"{where}.{key}".lstrip("."))
+        name = f"{where}.{key}".lstrip(".")
+        if where == "data.mix":  # source names are the data's; each entry is checked on its own
+            out[key] = _mix_entry(value, name)
+            continue
+        if key not in base:  # typos must not pass silently
+            raise ValueError(f"unknown config key {name}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {name} must be a table, not {value!r}")
+            out[key] = _merge(base[key], value, name)
         else:
-            out[key] = value
+            out[key] = _checked(value, base[key], name)
     return out
 
 
+def _checked(value, default, name: str):
+    """`value` if it has the type of the key's default (an int where a float is expected too)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+    elif name in ("data.train", "data.valid"):  # one file or a list of them
+        ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ValueError(f"config key {name} must be {type(default).__name__}, not {value!r}")
+    return value
+
+
+def _mix_entry(value, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"config key {name} must be a table such as {{ cap = 100, repeat = 1.0 }}, not {value!r}")
+    for key, number in value.items():
+        if key not in ("cap", "repeat"):
+            raise ValueError(f"unknown config key {name}.{key} (a mix entry takes cap and repeat)")
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0 or (
+                key == "cap" and not isinstance(number, int)):
+            raise ValueError(f"config key {name}.{key} must be a {'whole ' if key == 'cap' else ''}number >= 0, "
+                             f"not {number!r}")
+    return dict(value)
+
+
+# Settings that must be positive for a run to make sense (0 is allowed where it means "off").
+_POSITIVE = ("train.batch_size", "train.grad_accum", "train.ckpt_every", "train.keep_ckpts", "data.max_seq_len",
+             "lora.r", "train.bucket_batches")
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:
-    with open(path, "rb") as f:
-        cfg = _merge(DEFAULTS, tomllib.load(f))
-    return _merge(cfg, overrides or {})
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    cfg = _merge(_merge(DEFAULTS, raw), overrides or {})
+    for name in _POSITIVE:
+        section, key = name.split(".")
+        if cfg[section][key] < 1:
+            raise ValueError(f"config key {name} must be at least 1, not {cfg[section][key]}")
+    if not cfg["train"]["max_steps"] and cfg["train"]["epochs"] <= 0:
+        raise ValueError("config key train.epochs must be above 0 (or set train.max_steps)")
+    return cfg
 
 
 # ---------------------------------------------------------------------- model
@@ -184,11 +233,29 @@ class SupervisedLoss(torch.nn.Module):
 # ----------------------------------------------------------------------- data
 
 def read_jsonl(path: str | Path | list) -> list[dict]:
-    """One JSONL file, or a list of them read in order (e.g. the split plus grounded examples)."""
+    """One JSONL file, or a list of them read in order (e.g. the split plus grounded examples).
+    Every row must be a chat whose last message is the assistant's answer."""
     if isinstance(path, (list, tuple)):
         return [row for p in path for row in read_jsonl(p)]
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise SystemExit(f"{path}: cannot read the data: {exc.strerror}") from None
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"{path}:{n}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            messages = row.get("messages") if isinstance(row, dict) else None
+            if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) \
+                    or messages[-1].get("role") != "assistant":
+                raise SystemExit(f"{path}:{n}: field 'messages' must be a chat ending with the assistant's answer")
+            rows.append(row)
+    return rows
 
 
 def mix_sources(rows: list[dict], mix: dict, seed: int) -> list[dict]:
@@ -197,8 +264,9 @@ def mix_sources(rows: list[dict], mix: dict, seed: int) -> list[dict]:
     for row in rows:
         by_source.setdefault(row.get("source", "unknown"), []).append(row)
     unknown = set(mix) - set(by_source) - {"default"}
-    if unknown:
-        print(f"note: config mixes sources absent from the data: {sorted(unknown)}", file=sys.stderr)
+    if unknown:  # most likely a misspelt name, whose rows would silently fall under "default"
+        raise SystemExit(f"data.mix names sources the data does not have: {sorted(unknown)}; "
+                         f"the data's sources are {sorted(by_source)}")
     out = []
     for source in sorted(by_source):
         spec = {"repeat": 1.0, **mix.get(source, mix.get("default", {}))}
@@ -404,15 +472,18 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
     if ckpt is not None and not resume:
         raise SystemExit(f"{out} already holds checkpoints: pass --resume, or a new --out")
 
+    # data first: a mistake in it should stop the run before minutes of model loading
+    rows = mix_sources(read_jsonl(dc["train"]), dc["mix"], cfg["seed"])
+    if limit:
+        rows = random.Random(f"{cfg['seed']}:limit").sample(rows, min(limit, len(rows)))
+    valid_rows = read_jsonl(dc["valid"]) if dc.get("valid") and tc["eval_batches"] > 0 else []
+
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
     model, tokenizer = load_base(cfg["model"]["name"])
     model = add_lora(model, cfg["lora"], cfg["model"]["init_adapter"])
 
-    # data: mix, encode, drop over-long examples
-    rows = mix_sources(read_jsonl(dc["train"]), dc["mix"], cfg["seed"])
-    if limit:
-        rows = random.Random(f"{cfg['seed']}:limit").sample(rows, min(limit, len(rows)))
+    # encode, drop over-long examples
     train_set, too_long = encode_all(tokenizer, rows, dc["max_seq_len"])
     if not train_set:
         raise SystemExit(f"no training example fits max_seq_len={dc['max_seq_len']}")
@@ -420,8 +491,7 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
     per_step = tc["grad_accum"] * world  # micro-batches per optimizer step, all processes
     total_steps = max_steps or tc["max_steps"] or math.ceil(tc["epochs"] * stream.per_epoch / per_step)
     eval_batches = []
-    if dc.get("valid") and all(Path(p).is_file() for p in _as_list(dc["valid"])) and tc["eval_batches"] > 0:
-        valid_rows = read_jsonl(dc["valid"])
+    if valid_rows:
         want = tc["eval_batches"] * tc["batch_size"]
         valid_rows = random.Random(f"{cfg['seed']}:valid").sample(valid_rows, min(want, len(valid_rows)))
         valid_set, _ = encode_all(tokenizer, valid_rows, dc["max_seq_len"])
@@ -429,16 +499,22 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
         grouped = make_batches(lengths, tc["batch_size"], cfg["seed"], 0, batch_tokens=tc["batch_tokens"])
         eval_batches = [[valid_set[j] for j in b] for b in grouped[: tc["eval_batches"]]]
 
-    # a checkpoint is only meaningful for the same data order and step size
-    fingerprint = {"examples": len(train_set), "batches_per_epoch": stream.per_epoch,
-                   "batch_size": tc["batch_size"], "batch_tokens": tc["batch_tokens"],
-                   "grad_accum": tc["grad_accum"], "world_size": world,
-                   "seed": cfg["seed"], "total_steps": total_steps}
+    # A checkpoint is only continued by the same run: the same recipe (how often it logs or
+    # saves aside), the same data files, the same data order and step size.
+    recipe = copy.deepcopy(cfg)
+    for key in ("eval_every", "eval_batches", "ckpt_every", "keep_ckpts"):
+        recipe["train"].pop(key)
+    data_files = [str(p) for p in _as_list(dc["train"])]
+    fingerprint = {"recipe": recipe, "train_sha256": [file_sha256(Path(p)) for p in data_files],
+                   "limit": limit, "examples": len(train_set), "batches_per_epoch": stream.per_epoch,
+                   "world_size": world, "total_steps": total_steps}
     state = None
     if ckpt is not None:
         state = torch.load(ckpt / "state.pt", weights_only=False)
         if state["fingerprint"] != fingerprint:
-            raise SystemExit(f"cannot resume from {ckpt}: the run changed: {state['fingerprint']} -> {fingerprint}")
+            changes = "; ".join(_changes(state["fingerprint"], fingerprint)) or "an older checkpoint format"
+            raise SystemExit(f"cannot resume from {ckpt}: the run changed ({changes}); "
+                             "use a new --out for a new run")
         set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
 
     loss_fn = accelerator.prepare(SupervisedLoss(model))
@@ -457,6 +533,10 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
         if main and metrics_path.exists():  # forget what was logged after the checkpoint
             kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= step]
             metrics_path.write_text("".join(line + "\n" for line in kept))
+    elif main and metrics_path.exists():
+        # A run stopped before its first checkpoint starts again from step 0; its log is kept
+        # aside rather than summed into this run's totals.
+        os.replace(metrics_path, metrics_path.with_name("metrics.stopped.jsonl"))
 
     trainable = sum(p.numel() for p in params)
     if main:
@@ -545,14 +625,24 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
                "supervised_tokens_per_s": timed_supervised / timed_seconds if timed_seconds else None,
                "tokens_this_session": tokens_seen, "supervised_tokens_this_session": supervised_seen,
                "examples": len(train_set), "dropped_too_long": too_long}
-    if step >= total_steps:
-        summary["final"] = str(out / "final")
-    if step >= total_steps and session_steps and main:
+    # Also when a finished run is resumed without final/: the process died between the last
+    # checkpoint and writing it, and the checkpoint holds the same weights.
+    if step >= total_steps and main and (session_steps or not (out / "final").is_dir()):
         _save_final(out, accelerator.unwrap_model(loss_fn).peft_model, cfg, rows, train_set, too_long,
                     total_steps, eval_loss, metrics_path)
+    if step >= total_steps and (out / "final").is_dir():
+        summary["final"] = str(out / "final")
     if main:
         print(json.dumps(summary), file=sys.stderr)
     return summary
+
+
+def _changes(old, new, where: str = "") -> list[str]:
+    """The fields that differ between two nested dicts, as 'a.b: old -> new'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for key in sorted(set(old) | set(new), key=str)
+                for c in _changes(old.get(key), new.get(key), f"{where}.{key}".lstrip("."))]
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
 def _init_adapter_summary(init_adapter: str) -> dict | None:
@@ -607,7 +697,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="run directory (default runs/<config name>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config)
+    try:
+        cfg = load_config(args.config)
+    except OSError as exc:
+        raise SystemExit(f"{args.config}: cannot read the recipe: {exc.strerror}") from None
+    except ValueError as exc:
+        raise SystemExit(f"{args.config}: {exc}") from None
     out = Path(args.out or f"runs/{cfg['name']}")
     return train(cfg, out, limit=args.limit, max_steps=args.max_steps, resume=args.resume,
                  stop_after=args.stop_after, progress=not args.no_progress)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,46 @@ def test_configs_parse():
         assert cfg["lora"]["r"] > 0 and cfg["train"]["batch_size"] > 0, path
     with pytest.raises(ValueError, match="unknown config key train.lerning_rate"):
         T._merge(T.DEFAULTS, {"train": {"lerning_rate": 1.0}})
+
+
+@pytest.mark.parametrize("toml, problem", [
+    ('[train]\nmax_steps = "100"', "train.max_steps must be int, not '100'"),
+    ('[train]\nlr = "2e-4"', "train.lr must be float, not '2e-4'"),
+    ('model = "smollm2"', "model must be a table"),
+    ('[train]\nckpt_every = 0', "train.ckpt_every must be at least 1, not 0"),
+    ('[data.mix]\nalpha = { cap = 10, repaet = 3.0 }', "unknown config key data.mix.alpha.repaet"),
+    ('[data.mix]\nalpha = { cap = 2.5 }', "data.mix.alpha.cap must be a whole number >= 0"),
+    ('[data.mix]\nalpha = 3', "data.mix.alpha must be a table"),
+    ('[data\nmix = 1', "not valid TOML"),
+])
+def test_recipe_mistakes_are_named_before_anything_loads(tmp_path, toml, problem):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(SystemExit, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        T.main(["--config", str(path), "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_default_mix_entry_may_cap_and_a_misspelt_source_is_an_error(tmp_path):
+    path = tmp_path / "mix.toml"
+    path.write_text("[data.mix]\ndefault = { cap = 10 }\n")
+    assert T.load_config(path)["data"]["mix"]["default"] == {"cap": 10}
+    rows = [{"source": "mts-dialog"}, {"source": "meqsum"}]
+    with pytest.raises(SystemExit, match=r"sources the data does not have: \['mts_dialog'\]"):
+        T.mix_sources(rows, {"mts_dialog": {"cap": 1}, "default": {"repeat": 0.0}}, seed=1)
+
+
+def test_bad_training_data_names_file_and_line(tmp_path):
+    good = {"source": "a", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(good) + "\n{broken\n")
+    with pytest.raises(SystemExit, match=f"{path}:2: malformed JSON"):
+        T.read_jsonl(path)
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "messages": good["messages"][:1]}) + "\n")
+    with pytest.raises(SystemExit, match=f"{path}:2: field 'messages' must be a chat ending with the assistant"):
+        T.read_jsonl(path)
+    with pytest.raises(SystemExit, match="missing.jsonl: cannot read the data"):
+        T.read_jsonl(tmp_path / "missing.jsonl")
 
 
 def test_labels_cover_exactly_the_answer_and_its_end_token(tokenizer):
@@ -179,8 +220,28 @@ def test_resume_continues_exactly(tiny_model_dir, data_dir, tmp_path):
     assert (split / "final" / "recipe.json").read_text() == finished and len(_losses(split)) == 6
     recipe = json.loads((split / "final" / "recipe.json").read_text())
     assert recipe["steps"] == 6 and recipe["base_model"] == str(tiny_model_dir)
+    # killed between the last checkpoint and final/: resuming writes final/ from that checkpoint
+    shutil.rmtree(split / "final")
+    resumed = T.train(cfg, split, resume=True, progress=False)
+    assert resumed["final"] == str(split / "final")
+    for key, tensor in _adapter(split).items():
+        torch.testing.assert_close(tensor, a[key], rtol=1e-5, atol=1e-6)
+    # a changed recipe does not continue another's checkpoint, and says what changed
+    changed = _config(tiny_model_dir, data_dir, lr=5e-3)
+    with pytest.raises(SystemExit, match=r"the run changed \(recipe.train.lr: 0.01 -> 0.005\)"):
+        T.train(changed, split, resume=True, progress=False)
     assert {"adapter_config.json", "adapter_model.safetensors", "recipe.json"} <= {
         p.name for p in (split / "final").iterdir()}
+
+
+def test_a_run_restarted_before_its_first_checkpoint_keeps_the_old_log_aside(tiny_model_dir, data_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0, "tokens": 10 ** 9}) + "\n")
+    T.train(_config(tiny_model_dir, data_dir, max_steps=2), run, progress=False)
+    recipe = json.loads((run / "final" / "recipe.json").read_text())
+    assert recipe["tokens"] < 10 ** 9 and 9.0 not in _losses(run)
+    assert "1000000000" in (run / "metrics.stopped.jsonl").read_text()
 
 
 def test_continued_run_starts_from_the_given_adapter(tiny_model_dir, data_dir, tmp_path):
