@@ -40,6 +40,8 @@ HF_TO_GGUF = {
 }
 _LORA_KEY = re.compile(r"layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)\.lora_([AB])\.weight$")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Types the modified tensors can be written in (what gguf-py can quantize to).
+QTYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "F16", "BF16", "F32")
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -69,6 +71,8 @@ def lora_deltas(adapter_dir: Path, n_head: int, n_head_kv: int, permute_qk: bool
         pairs.setdefault((int(m[1]), m[2]), {})[m[3]] = value.astype(np.float32)
     deltas = {}
     for (layer, module), ab in sorted(pairs.items()):
+        if set(ab) != {"A", "B"}:
+            raise ModelError(f"{adapter_dir}: layer {layer} {module} has lora_{''.join(ab)} without its pair")
         delta = scale * (ab["B"] @ ab["A"])
         if permute_qk and module == "self_attn.q_proj":
             delta = _permute(delta, n_head)
@@ -180,10 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m assistant.build_model", description=__doc__.split("\n")[0])
     parser.add_argument("adapter", help="adapter directory (adapter_model.safetensors + adapter_config.json)")
     parser.add_argument("--base", help="base GGUF file (default: recipe.json's base model, else the embedded one)")
-    parser.add_argument("--qtype", default="Q8_0", help="type of the modified tensors; 'same' keeps the base's")
+    parser.add_argument("--qtype", default="Q8_0", type=str.upper, choices=QTYPES + ("SAME",),
+                        help="type of the modified tensors; 'same' keeps the base's (default Q8_0: smaller "
+                             "types round most of a LoRA delta away)")
     parser.add_argument("--out", help="write here instead of the cache")
     args = parser.parse_args(argv)
-    qtype = None if args.qtype.lower() == "same" else args.qtype.upper()
+    qtype = None if args.qtype == "SAME" else args.qtype
     adapter = Path(args.adapter)
     if args.out:
         print(build_gguf(_base_path(args.base) if args.base else base_for(adapter), adapter, Path(args.out), qtype))

@@ -91,20 +91,28 @@ def bench_hf_trainer(cfg: dict, rows: list[dict], steps: int, warmup: int, work:
     return _rates([(*c, *t) for c, t in zip(counts[warmup:], times[warmup:])])
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m finetune.bench_trainer", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="finetune/configs/default.toml", help="recipe for model and LoRA")
     parser.add_argument("--data", help="JSONL (default: the recipe's training file)")
-    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per trainer")
+    parser.add_argument("--steps", type=_positive, default=8, help="timed optimizer steps per trainer")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--batch-size", type=_positive, default=4)
+    parser.add_argument("--seq-len", type=_positive, default=256)
     args = parser.parse_args(argv)
 
     cfg = T.load_config(args.config)
     cfg["data"].update(train=args.data or cfg["data"]["train"], valid=None, max_seq_len=args.seq_len,
                        mix={"default": {"repeat": 1.0}})
-    cfg["train"].update(batch_size=args.batch_size, grad_accum=1, eval_every=0, eval_batches=0,
+    # batch_tokens=0: both trainers get exactly --batch-size examples a step, whatever the recipe caps
+    cfg["train"].update(batch_size=args.batch_size, batch_tokens=0, grad_accum=1, eval_every=0, eval_batches=0,
                         ckpt_every=10**9, warmup_steps=1)
     _, tokenizer = T.load_base(cfg["model"]["name"])
     n = (args.steps + args.warmup) * args.batch_size

@@ -157,12 +157,16 @@ def read_documents(source: Path) -> list[dict]:
 
 
 def build(source: Path, out: Path) -> dict:
+    docs = read_documents(source)
+    if not docs:
+        raise SystemExit(f"{source}: no MedQuAD documents with answers (expected folders of XML files, "
+                         "as in ../shared/data/medquad)")
     out.mkdir(parents=True, exist_ok=True)
     seen: dict[str, dict] = {}
     splits: dict[str, str] = {}
     stats = Counter()
     records = []
-    for doc in read_documents(source):
+    for doc in docs:
         splits[doc["doc_id"]] = doc["split"]
         stats[f"docs_{doc['split']}"] += 1
         for qa in doc["qas"]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from assistant.knowledge import KnowledgeBase
@@ -54,19 +55,35 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("build/data/v1"))
     args = ap.parse_args(argv)
+    splits = {split: _read(args.data / f"{split}.jsonl") for split in ("train", "valid", "test")}
     kb = KnowledgeBase.default()
     summary = {}
-    for split in ("train", "valid", "test"):
-        src = args.data / f"{split}.jsonl"
-        records = (json.loads(line) for line in src.open(encoding="utf-8"))
+    for split, records in splits.items():
         out = args.data / f"grounded-{split}.jsonl"
+        tmp = out.with_name(out.name + ".tmp")
         n = 0
-        with out.open("w", encoding="utf-8") as f:
+        with tmp.open("w", encoding="utf-8") as f:
             for rec in ground(records, kb):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 n += 1
+        os.replace(tmp, out)  # a failed run leaves the previous file as it was
         summary[split] = {"written": n, "nothing_relevant": ground.skipped}
     print(json.dumps(summary, indent=1))
+
+
+def _read(path: Path) -> list[dict]:
+    """Every split is read (and checked) before any grounded file is rewritten."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found; build the splits first (python -m finetune.prepare_data)")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise SystemExit(f"{path}:{n}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    return rows
 
 
 if __name__ == "__main__":

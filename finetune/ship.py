@@ -18,12 +18,48 @@ from safetensors.numpy import load_file, save_file
 from assistant.paths import DATA_DIR
 
 FILES = ("adapter_config.json", "recipe.json")
+# The licence of each training source (finetune/prepare_data.py records one per example).
+LICENCES = {"mts-dialog": "CC BY 4.0", "aci-bench": "CC BY 4.0", "medquad": "CC BY 4.0",
+            "medquad-grounded": "CC BY 4.0", "meqsum": "CC BY 4.0", "pubmedqa": "MIT",
+            "dialogsum": "CC BY-NC-SA 4.0"}
 
 
-def ship(run: Path, name: str, dest_root: Path = DATA_DIR / "adapters") -> Path:
+def _check(final: Path) -> dict:
+    """The run's recipe, once the adapter is known to be complete and buildable into the GGUF
+    the runtime loads: a broken default model would stop the app at every start."""
+    from assistant.build_model import base_for, lora_deltas
+    from assistant.models import ModelError
+
+    missing = [f for f in ("adapter_model.safetensors", *FILES) if not (final / f).is_file()]
+    if missing:
+        raise SystemExit(f"{final} is not a finished run's adapter (missing {', '.join(missing)}; did the run finish?)")
+    try:
+        recipe = json.loads((final / "recipe.json").read_text())
+        base_for(final)
+        lora_deltas(final, n_head=1, n_head_kv=1, permute_qk=False)
+    except (ModelError, ValueError, KeyError) as exc:
+        raise SystemExit(f"{final}: cannot be built into a runnable model: {exc}") from None
+    return recipe
+
+
+def _sources(recipe: dict) -> list[str]:
+    """Every training source of the adapter, over all its stages."""
+    found: set[str] = set()
+    while recipe:
+        found |= set((recipe.get("data") or {}).get("mix_rows_per_source") or {})
+        recipe = recipe.get("continued_from")
+    return sorted(found)
+
+
+def ship(run: Path, name: str, dest_root: Path = DATA_DIR / "adapters", allow_non_commercial: bool = False) -> Path:
     final = run / "final"
-    if not (final / "adapter_model.safetensors").is_file():
-        raise SystemExit(f"{final} holds no trained adapter (did the run finish?)")
+    recipe = _check(final)
+    sources = _sources(recipe)
+    licences = {src: LICENCES.get(src, "unknown licence") for src in sources}
+    restricted = [src for src, lic in licences.items() if "NC" in lic or lic == "unknown licence"]
+    if restricted and not allow_non_commercial:
+        raise SystemExit(f"{final} was trained on {', '.join(f'{s} ({licences[s]})' for s in restricted)}: "
+                         "not for a shipped model (pass --allow-non-commercial for a private build)")
     dest = dest_root / name
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -32,7 +68,6 @@ def ship(run: Path, name: str, dest_root: Path = DATA_DIR / "adapters") -> Path:
     save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     for f in FILES:
         shutil.copy2(final / f, tmp / f)
-    recipe = json.loads((tmp / "recipe.json").read_text())
     # PEFT records where the base was loaded from (a local cache path); name it instead.
     config = json.loads((tmp / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = recipe.get("base_model", config.get("base_model_name_or_path"))
@@ -40,14 +75,24 @@ def ship(run: Path, name: str, dest_root: Path = DATA_DIR / "adapters") -> Path:
     stages = _stages(recipe)
     (tmp / "README.md").write_text(
         f"# {name}\n\nA LoRA adapter for SmolLM2-135M-Instruct (Apache-2.0), trained by `finetune/train.py` "
-        f"in {len(stages)} stage(s), each continuing the one before ({_describe(stages)}), on MTS-Dialog, "
-        "MedQuAD and MeQSum (CC BY 4.0) and PubMedQA (MIT). `recipe.json` holds the last stage's full "
+        f"in {len(stages)} stage(s), each continuing the one before ({_describe(stages)}), on "
+        f"{'; '.join(f'{src} ({lic})' for src, lic in licences.items())}. `recipe.json` holds the last stage's full "
         "config and data, and `continued_from` the earlier ones; `finetune/RESULTS.md` has the evaluation. "
         "Stored in float16.\n"
     )
+    # The shipped adapter is replaced only once the new one is complete, and comes back if
+    # the swap fails.
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+        dest.rename(old)
+    try:
+        tmp.rename(dest)
+    except OSError:
+        if old.exists():
+            old.rename(dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return dest
 
 
@@ -68,8 +113,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--name", default="health-135m")
+    ap.add_argument("--allow-non-commercial", action="store_true",
+                    help="ship an adapter trained on non-commercial data (DialogSum), for a private build")
     args = ap.parse_args(argv)
-    dest = ship(args.run, args.name)
+    dest = ship(args.run, args.name, allow_non_commercial=args.allow_non_commercial)
     size = sum(p.stat().st_size for p in dest.iterdir())
     print(f"shipped {dest} ({size / 1e6:.1f} MB)")
 

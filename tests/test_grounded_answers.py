@@ -153,3 +153,16 @@ def test_batch_answers_carry_triage_and_sources(tmp_path, kb, monkeypatch):
     assert rows["g"]["sources"] == [{"title": "Glaucoma: symptoms", "url": "https://example.org/glaucoma"}]
     assert rows["e"]["triage"] == "emergency" and rows["e"]["sources"] == []
     assert rows["u"]["sources"] == [] and "don't know" in rows["u"]["answer"]
+
+
+def test_building_grounded_data_checks_every_split_before_rewriting_any(tmp_path):
+    from finetune import grounded_data
+
+    (tmp_path / "grounded-train.jsonl").write_text('{"kept": true}\n')
+    (tmp_path / "train.jsonl").write_text('{"id": "medquad/1"}\n{broken\n')
+    with pytest.raises(SystemExit, match=r"train\.jsonl:2: malformed JSON"):
+        grounded_data.main(["--data", str(tmp_path)])
+    (tmp_path / "train.jsonl").write_text('{"id": "medquad/1"}\n')
+    with pytest.raises(SystemExit, match=r"valid\.jsonl: not found"):
+        grounded_data.main(["--data", str(tmp_path)])
+    assert (tmp_path / "grounded-train.jsonl").read_text() == '{"kept": true}\n'
