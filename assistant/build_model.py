@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .models import ModelError, embedded_gguf_path, resolve
-from .paths import cache_home
+from .paths import cache_home, file_key
 
 BUILD_VERSION = 1  # bump when the output of build_gguf changes: old cache entries are not reused
 
@@ -115,7 +115,11 @@ def build_gguf(base_gguf: Path, adapter_dir: Path, out: Path, qtype: str | None 
         raise ModelError(f"{adapter_dir}: tensors missing from {base_gguf.name}: {sorted(deltas)[:3]}")
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot write the built model to {out.parent}: {exc.strerror} "
+                         "(set XDG_CACHE_HOME to a writable folder)") from exc
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         writer = GGUFWriter(tmp, arch, endianess=reader.endianess)
@@ -132,7 +136,11 @@ def build_gguf(base_gguf: Path, adapter_dir: Path, out: Path, qtype: str | None 
         for data, _ in tensors.values():
             writer.write_tensor_data(data)
         writer.close()
+        with tmp.open("rb") as f:  # on disk before it takes the final name: a crash leaves no torn model
+            os.fsync(f.fileno())
         os.replace(tmp, out)
+    except OSError as exc:
+        raise ModelError(f"cannot write the built model to {out}: {exc.strerror}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return out
@@ -162,8 +170,8 @@ def built_path(adapter_dir: Path, base: Path, qtype: str | None = "Q8_0") -> Pat
     for name in ADAPTER_FILES:
         h.update(name.encode())
         h.update((adapter_dir / name).read_bytes())
-    # the base is identified by its size: hashing 100 MB on every start would cost more than the check is worth
-    h.update(f"{base.stat().st_size}:{qtype}:{BUILD_VERSION}".encode())
+    # the base by path, size and time (file_key): hashing 100 MB on every start would cost more than it saves
+    h.update(f"{file_key(base)}:{qtype}:{BUILD_VERSION}".encode())
     return cache_home() / "models" / f"{adapter_dir.resolve().name}-{h.hexdigest()[:16]}.gguf"
 
 
@@ -175,9 +183,37 @@ def ensure_built(adapter_dir: str | Path, base: str | Path | None = None, qtype:
         raise ModelError(f"{adapter_dir} is not an adapter directory (missing {', '.join(missing)})")
     base_path = _base_path(base) if base else base_for(adapter_dir)
     out = built_path(adapter_dir, base_path, qtype)
-    if not out.is_file():
+    done = out.with_name(out.name + ".size")  # written last: a file without it, or of another size, is rebuilt
+    if not (out.is_file() and done.is_file() and done.read_text().strip() == str(out.stat().st_size)):
         build_gguf(base_path, adapter_dir, out, qtype)
+        try:
+            done.write_text(str(out.stat().st_size))
+        except OSError as exc:
+            raise ModelError(f"cannot write to the model cache {out.parent}: {exc.strerror}") from exc
+        _prune(out)
     return out
+
+
+def _prune(current: Path) -> None:
+    """Earlier builds of the same adapter (another base or version), and files left by killed builds."""
+    stem = re.escape(current.name.rsplit("-", 1)[0])
+    build = re.compile(rf"^{stem}-[0-9a-f]{{16}}\.gguf(?:\.size)?$")
+    left = re.compile(rf"^\.{stem}-[0-9a-f]{{16}}\.gguf\.(\d+)\.tmp$")
+    for path in current.parent.iterdir():
+        if build.match(path.name) and path.name not in (current.name, current.name + ".size"):
+            path.unlink(missing_ok=True)
+        elif (m := left.match(path.name)) and not _alive(int(m[1])):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

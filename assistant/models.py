@@ -97,9 +97,13 @@ def check_gguf(path: Path) -> None:
 
 def resolve(name: str | None = None, adapter: str | Path | None = None) -> ModelSpec:
     name = name or DEFAULT_MODEL
-    adapter_path = Path(adapter).expanduser() if adapter else None
-    if adapter_path is not None and not (adapter_path / "adapter_config.json").is_file():
-        raise ModelError(f"{adapter_path} is not a PEFT adapter directory (no adapter_config.json)")
+    adapter_path = Path(adapter).expanduser().resolve() if adapter else None
+    if adapter_path is not None:
+        # Both files, or PEFT goes looking for the weights on the hub.
+        if not (adapter_path / "adapter_config.json").is_file():
+            raise ModelError(f"{adapter_path} is not a PEFT adapter directory (no adapter_config.json)")
+        if not any((adapter_path / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise ModelError(f"{adapter_path} holds no adapter weights (no adapter_model.safetensors)")
 
     if name == TUNED_NAME:
         adapter_dir = tuned_adapter_dir()
@@ -136,8 +140,11 @@ def resolve(name: str | None = None, adapter: str | Path | None = None) -> Model
                 return resolve(str(ggufs[0]), adapter)
             raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)")
         return ModelSpec(name=path.name, kind="hf", path=path.resolve(), adapter=adapter_path)
-    if _HUB_ID.match(name) and not name.startswith((".", "/")):
+    # "runs/my-model" where runs/ exists is a mistyped path, not a hub id to look up online.
+    if _HUB_ID.match(name) and not name.startswith((".", "/")) and not Path(name.split("/")[0]).exists():
         return ModelSpec(name=name, kind="hf", hub_id=name, adapter=adapter_path)
+    if "/" in name or name.endswith(".gguf"):
+        raise ModelError(f"{name}: no such file or directory")
     known = ", ".join(n for n, _ in available())
     raise ModelError(
         f"unknown model '{name}': not a known name ({known}), an existing .gguf file, "

@@ -125,3 +125,18 @@ def test_utf8_decoder_joins_split_characters():
     data = "fièvre 🌡".encode()
     out = "".join(d.feed(data[i:i + 1]) for i in range(len(data))) + d.flush()
     assert out == "fièvre 🌡"
+
+
+def test_an_adapter_that_does_not_fit_the_model_is_one_clear_error(tmp_path, tiny_llama_dir):
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}))
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{key}.lora_A.weight": np.zeros((2, 999), np.float32),
+               f"{key}.lora_B.weight": np.zeros((999, 2), np.float32)}, str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(BackendError, match="does not fit"):
+        load_backend(str(tiny_llama_dir), adapter=tmp_path)

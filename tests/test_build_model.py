@@ -117,7 +117,8 @@ def test_cache_builds_once_per_adapter(setup, monkeypatch):
     built = setup["built"]
     assert built.parent == setup["cache"] / "health-assistant" / "models"
     assert built.name.startswith("tiny-adapter-") and built.suffix == ".gguf"
-    assert [p.name for p in built.parent.iterdir()] == [built.name]  # no temporary file left behind
+    # no temporary file left behind; the size file marks the build complete
+    assert sorted(p.name for p in built.parent.iterdir()) == [built.name, built.name + ".size"]
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("rebuilt a cached model")
@@ -132,6 +133,23 @@ def test_cache_builds_once_per_adapter(setup, monkeypatch):
     assert bm.built_path(changed, embedded_gguf_path()) != bm.built_path(setup["adapter"], embedded_gguf_path())
     with pytest.raises(AssertionError, match="rebuilt"):
         bm.ensure_built(changed)
+
+
+def test_a_torn_or_stale_build_is_rebuilt_and_old_ones_are_pruned(setup, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(setup["cache"]))
+    built = bm.ensure_built(setup["adapter"])
+    whole = built.read_bytes()
+    models = built.parent
+    stale = models / "tiny-adapter-0123456789abcdef.gguf"  # the same adapter on an earlier base
+    stale.write_bytes(b"old")
+    other = models / "tiny-adapter-2-0123456789abcdef.gguf"  # another adapter: kept
+    other.write_bytes(b"other")
+    dead = models / f".{built.name}.999999999.tmp"  # left by a killed build
+    dead.write_bytes(b"partial")
+    built.write_bytes(whole[: len(whole) // 2])  # torn by a crash
+    assert bm.ensure_built(setup["adapter"]) == built
+    assert built.read_bytes() == whole
+    assert not stale.exists() and not dead.exists() and other.exists()
 
 
 def test_rejects_what_it_cannot_build(tmp_path):

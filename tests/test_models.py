@@ -82,3 +82,13 @@ def test_directory_without_config(tmp_path):
 def test_adapter_must_be_a_peft_directory(tmp_path):
     with pytest.raises(ModelError, match="not a PEFT adapter"):
         resolve("smollm2-135m-instruct", adapter=tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ModelError, match="holds no adapter weights"):  # else PEFT would look on the hub
+        resolve("smollm2-135m-instruct", adapter=tmp_path)
+
+
+def test_a_mistyped_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ModelError, match="runs/my-checkpoint: no such file or directory"):
+        resolve("runs/my-checkpoint")

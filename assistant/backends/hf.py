@@ -51,13 +51,17 @@ def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adap
             where = str(spec.path) if spec.path else spec.hub_id
             model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
             tokenizer = AutoTokenizer.from_pretrained(where)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - transformers and safetensors raise many kinds for a bad model
         hint = " (a hub id needs an internet connection)" if spec.hub_id else ""
         raise BackendError(f"could not load model {spec.source}{hint}: {exc}") from exc
     if spec.adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(spec.adapter))
+        try:
+            model = PeftModel.from_pretrained(model, str(spec.adapter))
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a size mismatch is a RuntimeError
+            raise BackendError(f"the adapter {spec.adapter} does not fit {spec.source}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         if merge_adapter:
             model = model.merge_and_unload()
     model.eval()
