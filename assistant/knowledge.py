@@ -32,6 +32,13 @@ CALIBRATION = "calibration.json"  # next to the passages file; written by finetu
 # answerable from off-topic questions well. data/kb/calibration.json holds the
 # calibrated value and how it was chosen; this is the fallback.
 DEFAULT_MIN_COVERAGE = 0.75
+# Part of the index's cache name: bump when build_index writes another schema, so an old
+# index is never read as a new one.
+INDEX_VERSION = 1
+
+
+class KnowledgeError(RuntimeError):
+    """The knowledge base cannot be opened (its index cannot be written, for one)."""
 # BM25 column weights, chosen on VALID-split recall@3 (title weight 0/1/2/4/8:
 # .78/.84/.86/.89/.90). Titles are "focus: question type", which MedQuAD's templated
 # questions echo, so the gain on real questions is smaller (eval_retrieval shows both).
@@ -132,19 +139,17 @@ class KnowledgeBase:
                  min_coverage: float | None = None):
         self.path = Path(passages_gz)
         cache = Path(cache_dir) if cache_dir else cache_home()
-        digest = file_sha256(self.path)[:16]
-        self.db_path = cache / f"kb-{digest}.sqlite"
-        if not self.db_path.exists():
-            build_index(self.path, self.db_path)
-            for old in cache.glob("kb-*.sqlite"):  # indexes of earlier KB files
-                if old != self.db_path:
-                    old.unlink(missing_ok=True)
+        stem = self.path.name.split(".")[0]
+        self.db_path = cache / f"kb-{stem}-v{INDEX_VERSION}-{file_sha256(self.path)[:16]}.sqlite"
         self.min_coverage = min_coverage if min_coverage is not None else self._calibrated_threshold()
-        self._con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, check_same_thread=False)
-        # Reading through mmap skips copying pages into SQLite's own small cache: ~1.5x faster queries.
-        self._con.execute("PRAGMA mmap_size = 268435456")
-        # Document frequencies of stemmed terms, for coverage; temp schema works on a read-only db.
-        self._con.execute("CREATE VIRTUAL TABLE temp.vocab USING fts5vocab(main, passages_fts, 'row')")
+        try:
+            self._con = self._open_index()
+        except sqlite3.DatabaseError:  # a cache file damaged on disk: built again, once
+            self.db_path.unlink(missing_ok=True)
+            self._con = self._open_index()
+        for old in cache.glob(f"kb-{stem}-*.sqlite"):  # indexes of earlier versions of this file
+            if old != self.db_path:
+                old.unlink(missing_ok=True)
         # A scratch FTS5 table with the same tokenizer stems the query and the hits exactly as the index does.
         self._scratch = sqlite3.connect(":memory:", check_same_thread=False)
         self._scratch.executescript(
@@ -152,7 +157,25 @@ class KnowledgeBase:
             "CREATE VIRTUAL TABLE s_terms USING fts5vocab(s, 'instance');"
         )
         self._lock = threading.Lock()  # connections shared by the TUI's worker threads
-        self._n = self._con.execute("SELECT count(*) FROM passages").fetchone()[0]
+
+    def _open_index(self) -> sqlite3.Connection:
+        if not self.db_path.exists():
+            try:
+                build_index(self.path, self.db_path)
+            except OSError as exc:
+                raise KnowledgeError(f"cannot write the knowledge-base index to {self.db_path.parent}: "
+                                     f"{exc.strerror} (set XDG_CACHE_HOME to a writable folder)") from exc
+        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            # Reading through mmap skips copying pages into SQLite's own small cache: ~1.5x faster queries.
+            con.execute("PRAGMA mmap_size = 268435456")
+            # Document frequencies of stemmed terms, for coverage; temp schema works on a read-only db.
+            con.execute("CREATE VIRTUAL TABLE temp.vocab USING fts5vocab(main, passages_fts, 'row')")
+            self._n = con.execute("SELECT count(*) FROM passages").fetchone()[0]
+        except sqlite3.DatabaseError:
+            con.close()
+            raise
+        return con
 
     @classmethod
     @functools.lru_cache(maxsize=1)

@@ -395,9 +395,12 @@ def answer(
     opts = options or GenerationOptions(max_tokens=ANSWER_MAX_TOKENS)
     if grounded and not is_small_talk(question):
         if knowledge is None:
-            from .knowledge import KnowledgeBase
+            from .knowledge import KnowledgeBase, KnowledgeError
 
-            knowledge = KnowledgeBase.default()
+            try:
+                knowledge = KnowledgeBase.default()
+            except KnowledgeError as exc:
+                raise TaskError(str(exc)) from exc
         # Follow-up questions ("what about children?") retrieve with the previous question too.
         last_user = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
         query = question if not last_user or len(question.split()) > 6 else f"{last_user} {question}"

@@ -133,6 +133,38 @@ def test_cache_is_reused_and_rebuilt_on_hash_change(tmp_path):
     kb3.close()
 
 
+@pytest.mark.parametrize("damage", [b"", b"not a database at all" * 100, "half"])
+def test_a_damaged_index_is_built_again(tmp_path, damage):
+    src, cache = tmp_path / "kb.jsonl.gz", tmp_path / "cache"
+    kb = KnowledgeBase(write_kb(src), cache_dir=cache)
+    path, whole = kb.db_path, kb.db_path.read_bytes()
+    kb.close()
+    path.write_bytes(whole[: len(whole) // 2] if damage == "half" else damage)
+    kb = KnowledgeBase(src, cache_dir=cache)
+    assert kb.db_path == path and len(kb) == len(PASSAGES) and kb.search("glaucoma")
+    kb.close()
+
+
+def test_another_knowledge_base_keeps_its_own_index(tmp_path):
+    cache = tmp_path / "cache"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = KnowledgeBase(write_kb(tmp_path / "a" / "kb.jsonl.gz"), cache_dir=cache)
+    b = KnowledgeBase(write_kb(tmp_path / "b" / "other.jsonl.gz", PASSAGES[:2]), cache_dir=cache)
+    assert a.db_path.exists() and b.db_path.exists() and a.db_path != b.db_path
+    a.close()
+    b.close()
+
+
+def test_an_unwritable_cache_is_a_clear_error(tmp_path):
+    from assistant.knowledge import KnowledgeError
+
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder should be")
+    with pytest.raises(KnowledgeError, match="cannot write the knowledge-base index"):
+        KnowledgeBase(write_kb(tmp_path / "kb.jsonl.gz"), cache_dir=blocked / "cache")
+
+
 def test_cache_dir_follows_xdg(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     kb = KnowledgeBase(write_kb(tmp_path / "kb.jsonl.gz"))
