@@ -122,7 +122,14 @@ def build(source: Path, *, with_dialogsum: bool = False, limit: int | None = Non
         loaders["dialogsum"] = lambda: dialogsum.load(source)
     records, notes = [], {}
     for name, load in loaders.items():
-        recs, notes[name] = load()
+        try:
+            recs, notes[name] = load()
+        except FileNotFoundError as exc:
+            raise SystemExit(f"{name}: {exc.filename or exc} not found (the source folder holds "
+                             f"{', '.join(sorted(p.name for p in source.iterdir())) if source.is_dir() else 'nothing'})"
+                             ) from None
+        except (KeyError, AttributeError, IndexError, ValueError, SyntaxError) as exc:  # ParseError is a SyntaxError
+            raise SystemExit(f"{name}: malformed data under {source}: {type(exc).__name__}: {exc}") from None
         recs = _limit(recs, limit)
         prompt_lengths = counter.prompts([r["messages"][:-1] for r in recs])
         target_lengths = counter.texts([r["reference"] for r in recs])
@@ -135,7 +142,9 @@ def build(source: Path, *, with_dialogsum: bool = False, limit: int | None = Non
             notes[name]["dropped_over_budget"] = over
         records.extend(recs)
     ids = Counter(r["id"] for r in records)
-    assert max(ids.values()) == 1, f"duplicate ids: {[i for i, n in ids.items() if n > 1][:5]}"
+    if ids and max(ids.values()) > 1:
+        raise SystemExit(f"duplicate record ids (a source row without its id field?): "
+                         f"{[i for i, n in ids.items() if n > 1][:5]}")
     check_leakage(records)
     return records, notes
 

@@ -284,6 +284,26 @@ def test_limit_caps_each_source_and_split(source, tmp_path):
     assert sum(r["source"] == "meqsum" and r["split"] == "train" for r in records) == 2
 
 
+def test_missing_or_malformed_sources_are_named(source, tmp_path):
+    (source / "medquad").rename(source / "MedQuAD")
+    with pytest.raises(SystemExit, match=r"medquad: .*medquad/\*/\*\.xml not found \(the source folder holds .*MedQuAD"):
+        prepare_data.build(source, counter=WordCounter())
+    (source / "MedQuAD").rename(source / "medquad")
+    broken = next((source / "medquad").glob("*/*.xml"))
+    broken.write_text("<Document><Focus>unclosed")
+    with pytest.raises(SystemExit, match=f"medquad: malformed data .*{broken.name}: not well-formed XML"):
+        prepare_data.build(source, counter=WordCounter())
+
+    valid = source / "mts-dialog/Main-Dataset/MTS-Dialog-ValidationSet.csv"
+    valid.write_text(valid.read_text() + "9,CC\n")  # a row cut short
+    with pytest.raises(SystemExit, match=r"mts-dialog: malformed data .*ValidationSet.csv:\d+: a row with fewer fields"):
+        prepare_data.build(source, counter=WordCounter())
+    _csv(valid, [{"ID": "0", "section": "CC", "section_text": "x", "dialogue": "y"}],
+         fields=("ID", "section", "section_text", "dialogue"))
+    with pytest.raises(SystemExit, match="ValidationSet.csv: no column section_header"):
+        prepare_data.build(source, counter=WordCounter())
+
+
 def test_truncate_at_sentence_boundary():
     text = "One two three. Four five six seven. Eight nine."
     assert medquad.truncate(text, 20) == text

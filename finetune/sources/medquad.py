@@ -78,8 +78,14 @@ def read_pairs(root: Path) -> tuple[list[dict], int]:
     """Every answered pair as a plain dict; returns (pairs, empty answers skipped)."""
     kb, _ = kb_splits()
     pairs, empty = [], 0
-    for path in sorted((Path(root) / "medquad").glob("*/*.xml")):
-        doc = ET.parse(path).getroot()
+    paths = sorted((Path(root) / "medquad").glob("*/*.xml"))
+    if not paths:
+        raise FileNotFoundError(2, "no MedQuAD XML files", str(Path(root) / "medquad" / "*" / "*.xml"))
+    for path in paths:
+        try:
+            doc = ET.parse(path).getroot()
+        except ET.ParseError as exc:
+            raise ValueError(f"{path}: not well-formed XML ({exc})") from None
         doc_id = doc.get("id") or path.stem
         # build_kb's key is "<collection>/<file stem>" (the id attribute repeats in a few
         # cancer.gov files); an older splits.json used the id attribute.

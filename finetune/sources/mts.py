@@ -28,9 +28,20 @@ AUGMENTED = {
 _AUG_ID = re.compile(r"^(?:TR=([A-Z-]+) )?(\d+)$")  # "17" (an original row) or "TR=EN-FR-EN 17"
 
 
+COLUMNS = ("ID", "section_header", "section_text", "dialogue")
+
+
 def _rows(path: Path) -> list[dict]:
+    rows = []
     with path.open(encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: no column {', '.join(missing)} (columns: {', '.join(reader.fieldnames or [])})")
+        for r in reader:
+            if any(r[c] is None for c in COLUMNS):
+                raise ValueError(f"{path}:{reader.line_num}: a row with fewer fields than the header")
+            rows.append(r)
     for r in rows:  # the CSVs mix \r\n and \n line ends; users paste \n
         for k in ("dialogue", "section_text"):
             r[k] = r[k].replace("\r\n", "\n").replace("\r", "\n")
