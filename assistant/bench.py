@@ -12,7 +12,7 @@ import statistics
 import time
 from typing import Callable
 
-from .backends import GenerationOptions
+from .backends import BackendError, GenerationOptions
 from .backends.hf import TransformersBackend
 from .backends.llamacpp import LlamaCppBackend, default_threads
 from .models import resolve
@@ -33,6 +33,9 @@ def _measure(stream: Callable[[list[dict]], tuple[int, float | None, float]], re
             if n >= 2 and ttft is not None and total > ttft:
                 rates.append((n - 1) / (total - ttft))
                 ttfts.append(ttft)
+    if not rates:
+        raise BackendError("no usable sample: every reply stopped after fewer than 2 tokens (try --tokens higher, "
+                           "or another model)")
     return {
         "decode_tokens_per_s": round(statistics.median(rates), 2),
         "ttft_s": round(statistics.median(ttfts), 4),

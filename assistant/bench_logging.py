@@ -113,7 +113,7 @@ def run(
     return {
         "source": "backend" if backend is not None else "synthetic",
         "tokens": len(trace),
-        "tokens_per_s": round(len(trace) / sum(dt for _, dt in trace), 1) if trace else None,
+        "tokens_per_s": round(len(trace) / total, 1) if (total := sum(dt for _, dt in trace)) > 0 else None,
         "flush_interval_s": FLUSH_INTERVAL_S,
         "flushes_per_reply": statistics.median(flushes),
         "repeats": repeats,

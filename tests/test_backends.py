@@ -140,3 +140,11 @@ def test_an_adapter_that_does_not_fit_the_model_is_one_clear_error(tmp_path, tin
                f"{key}.lora_B.weight": np.zeros((999, 2), np.float32)}, str(tmp_path / "adapter_model.safetensors"))
     with pytest.raises(BackendError, match="does not fit"):
         load_backend(str(tiny_llama_dir), adapter=tmp_path)
+
+
+def test_the_runtime_bench_says_when_no_reply_can_be_measured():
+    from assistant import bench
+
+    with pytest.raises(BackendError, match="no usable sample"):
+        bench._measure(lambda messages: (1, 0.1, 0.2), repeats=1)  # one token per reply: no decode rate
+    assert bench._measure(lambda messages: (11, 0.1, 1.1), repeats=1)["decode_tokens_per_s"] == 10.0
