@@ -100,6 +100,7 @@ def test_chat_template_is_applied(llama_backend):
 
 def test_llama_backend_refuses_adapter(tmp_path, embedded_gguf):
     (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
     from assistant.backends.llamacpp import LlamaCppBackend
 
     with pytest.raises(BackendError, match="adapter"):
