@@ -197,7 +197,7 @@ def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False) ->
     if cfg.ctx["educational"].search(clause) and not cfg.ctx["personal_now"].search(clause):
         return False
     occasional = cfg.ctx.get("occasional")
-    if context and occasional is not None and occasional.search(clause) and not cfg.ctx["current"].search(clause):
+    if context and occasional is not None and occasional.search(clause) and not cfg.ctx["happening_now"].search(norm):
         return False
     return True
 
@@ -220,7 +220,8 @@ def _rule_fires(rule: _Rule, norm: str, cfg: TriageConfig, question: bool) -> bo
             return False
         if cfg.ctx["past"].search(norm) and not cfg.ctx["current"].search(norm):
             return False
-    if any(u.search(norm) for u in rule.unless):
+    acute = cfg.ctx.get("acute")
+    if any(u.search(norm) for u in rule.unless) and not (acute is not None and acute.search(norm)):
         return False
     return True
 
