@@ -172,7 +172,9 @@ def built_path(adapter_dir: Path, base: Path, qtype: str | None = "Q8_0") -> Pat
         h.update((adapter_dir / name).read_bytes())
     # the base by path, size and time (file_key): hashing 100 MB on every start would cost more than it saves
     h.update(f"{file_key(base)}:{qtype}:{BUILD_VERSION}".encode())
-    return cache_home() / "models" / f"{adapter_dir.resolve().name}-{h.hexdigest()[:16]}.gguf"
+    # The stem names one adapter folder and type; _prune keeps one build per stem.
+    where = hashlib.sha256(str(adapter_dir.resolve()).encode()).hexdigest()[:8]
+    return cache_home() / "models" / f"{adapter_dir.resolve().name}-{where}-{qtype or 'same'}-{h.hexdigest()[:16]}.gguf"
 
 
 def ensure_built(adapter_dir: str | Path, base: str | Path | None = None, qtype: str | None = "Q8_0") -> Path:
@@ -196,7 +198,7 @@ def ensure_built(adapter_dir: str | Path, base: str | Path | None = None, qtype:
 
 def _prune(current: Path) -> None:
     """Earlier builds of the same adapter (another base or version), and files left by killed builds."""
-    stem = re.escape(current.name.rsplit("-", 1)[0])
+    stem = re.escape(current.name.rsplit("-", 1)[0])  # adapter name, its folder's hash and the type
     build = re.compile(rf"^{stem}-[0-9a-f]{{16}}\.gguf(?:\.size)?$")
     left = re.compile(rf"^\.{stem}-[0-9a-f]{{16}}\.gguf\.(\d+)\.tmp$")
     for path in current.parent.iterdir():

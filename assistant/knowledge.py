@@ -9,6 +9,7 @@ the standard library's sqlite3 is enough here.
 from __future__ import annotations
 
 import functools
+import hashlib
 import gzip
 import json
 import math
@@ -139,16 +140,18 @@ class KnowledgeBase:
                  min_coverage: float | None = None):
         self.path = Path(passages_gz)
         cache = Path(cache_dir) if cache_dir else cache_home()
-        stem = self.path.name.split(".")[0]
-        self.db_path = cache / f"kb-{stem}-v{INDEX_VERSION}-{file_sha256(self.path)[:16]}.sqlite"
+        # One index per knowledge-base file (by its path), per format and per content.
+        stem = f"kb-{self.path.name.split('.')[0]}-{hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:8]}"
+        self.db_path = cache / f"{stem}-v{INDEX_VERSION}-{file_sha256(self.path)[:16]}.sqlite"
         self.min_coverage = min_coverage if min_coverage is not None else self._calibrated_threshold()
         try:
             self._con = self._open_index()
         except sqlite3.DatabaseError:  # a cache file damaged on disk: built again, once
             self.db_path.unlink(missing_ok=True)
             self._con = self._open_index()
-        for old in cache.glob(f"kb-{stem}-*.sqlite"):  # indexes of earlier versions of this file
-            if old != self.db_path:
+        ours = re.compile(rf"^{re.escape(stem)}-v\d+-[0-9a-f]{{16}}\.sqlite$|^kb-[0-9a-f]{{16}}\.sqlite$")
+        for old in cache.glob("kb-*.sqlite"):  # earlier versions of this file's index (and the old naming)
+            if old != self.db_path and ours.match(old.name):
                 old.unlink(missing_ok=True)
         # A scratch FTS5 table with the same tokenizer stems the query and the hits exactly as the index does.
         self._scratch = sqlite3.connect(":memory:", check_same_thread=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from safetensors.numpy import load_file, save_file
@@ -42,19 +43,26 @@ def _check(final: Path) -> dict:
     return recipe
 
 
-def _sources(recipe: dict) -> list[str]:
-    """Every training source of the adapter, over all its stages."""
+def _sources(recipe: dict) -> tuple[list[str], int]:
+    """Every training source of the adapter over all its stages, and how many stages did not
+    record theirs (adapters trained before the trainer kept them)."""
     found: set[str] = set()
+    unrecorded = 0
     while recipe:
-        found |= set((recipe.get("data") or {}).get("mix_rows_per_source") or {})
+        stage = set((recipe.get("data") or {}).get("mix_rows_per_source") or recipe.get("sources") or [])
+        found |= stage
+        unrecorded += not stage
         recipe = recipe.get("continued_from")
-    return sorted(found)
+    return sorted(found), unrecorded
 
 
 def ship(run: Path, name: str, dest_root: Path = DATA_DIR / "adapters", allow_non_commercial: bool = False) -> Path:
     final = run / "final"
     recipe = _check(final)
-    sources = _sources(recipe)
+    sources, unrecorded = _sources(recipe)
+    if unrecorded:
+        print(f"warning: {unrecorded} earlier stage(s) of {final} did not record their training sources; "
+              "their licences are not checked", file=sys.stderr)
     licences = {src: LICENCES.get(src, "unknown licence") for src in sources}
     restricted = [src for src, lic in licences.items() if "NC" in lic or lic == "unknown licence"]
     if restricted and not allow_non_commercial:

@@ -167,6 +167,10 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
             raise ValueError(f"config key {name} must be at least 1, not {cfg[section][key]}")
     if not cfg["train"]["max_steps"] and cfg["train"]["epochs"] <= 0:
         raise ValueError("config key train.epochs must be above 0 (or set train.max_steps)")
+    if cfg["train"]["lr"] < 0:
+        raise ValueError(f"config key train.lr must not be negative, not {cfg['train']['lr']}")
+    if not _as_list(cfg["data"]["train"]):
+        raise ValueError("config key data.train must name at least one file")
     return cfg
 
 
@@ -263,7 +267,8 @@ def mix_sources(rows: list[dict], mix: dict, seed: int) -> list[dict]:
     by_source: dict[str, list[dict]] = {}
     for row in rows:
         by_source.setdefault(row.get("source", "unknown"), []).append(row)
-    unknown = set(mix) - set(by_source) - {"default"}
+    # an entry that only leaves a source out (cap 0 or repeat 0) may name one this data lacks
+    unknown = {s for s, spec in mix.items() if spec.get("cap", 1) and spec.get("repeat", 1)} - set(by_source) - {"default"}
     if unknown:  # most likely a misspelt name, whose rows would silently fall under "default"
         raise SystemExit(f"data.mix names sources the data does not have: {sorted(unknown)}; "
                          f"the data's sources are {sorted(by_source)}")
@@ -512,7 +517,8 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
     if ckpt is not None:
         state = torch.load(ckpt / "state.pt", weights_only=False)
         if state["fingerprint"] != fingerprint:
-            changes = "; ".join(_changes(state["fingerprint"], fingerprint)) or "an older checkpoint format"
+            changes = ("it was written by an older trainer" if "recipe" not in state["fingerprint"]
+                       else "; ".join(_changes(state["fingerprint"], fingerprint)))
             raise SystemExit(f"cannot resume from {ckpt}: the run changed ({changes}); "
                              "use a new --out for a new run")
         set_peft_model_state_dict(model, load_file(str(ckpt / "adapter" / "adapter_model.safetensors")))
@@ -628,6 +634,10 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
     # Also when a finished run is resumed without final/: the process died between the last
     # checkpoint and writing it, and the checkpoint holds the same weights.
     if step >= total_steps and main and (session_steps or not (out / "final").is_dir()):
+        if eval_loss is None and metrics_path.exists():  # no step this session: the last one logged
+            evals = [e["eval_loss"] for e in map(json.loads, metrics_path.read_text().splitlines()) if "eval_loss" in e]
+            eval_loss = evals[-1] if evals else None
+            summary["eval_loss"] = eval_loss
         _save_final(out, accelerator.unwrap_model(loss_fn).peft_model, cfg, rows, train_set, too_long,
                     total_steps, eval_loss, metrics_path)
     if step >= total_steps and (out / "final").is_dir():
@@ -653,7 +663,9 @@ def _init_adapter_summary(init_adapter: str) -> dict | None:
     earlier = json.loads((src / "recipe.json").read_text()) if (src / "recipe.json").is_file() else {}
     return {"adapter": str(src), "adapter_sha256": file_sha256(src / "adapter_model.safetensors"),
             **{k: earlier.get(k) for k in ("name", "steps", "tokens", "supervised_tokens", "train_seconds",
-                                            "continued_from")}}
+                                            "continued_from")},
+            # what the stage was trained on, so a shipped adapter can state every stage's licences
+            "sources": sorted((earlier.get("data") or {}).get("mix_rows_per_source") or []) or earlier.get("sources")}
 
 
 def _save_final(out: Path, peft_model, cfg, rows, train_set, too_long, steps, eval_loss, metrics_path) -> None:

@@ -140,16 +140,19 @@ def test_a_torn_or_stale_build_is_rebuilt_and_old_ones_are_pruned(setup, monkeyp
     built = bm.ensure_built(setup["adapter"])
     whole = built.read_bytes()
     models = built.parent
-    stale = models / "tiny-adapter-0123456789abcdef.gguf"  # the same adapter on an earlier base
+    stem = built.name.rsplit("-", 1)[0]
+    stale = models / f"{stem}-0123456789abcdef.gguf"  # the same adapter on an earlier base
     stale.write_bytes(b"old")
-    other = models / "tiny-adapter-2-0123456789abcdef.gguf"  # another adapter: kept
+    other = models / "tiny-adapter-2-0123abcd-Q8_0-0123456789abcdef.gguf"  # another adapter: kept
     other.write_bytes(b"other")
+    same_name = models / f"tiny-adapter-ffffffff-Q8_0-0123456789abcdef.gguf"  # a folder of that name elsewhere
+    same_name.write_bytes(b"elsewhere")
     dead = models / f".{built.name}.999999999.tmp"  # left by a killed build
     dead.write_bytes(b"partial")
     built.write_bytes(whole[: len(whole) // 2])  # torn by a crash
     assert bm.ensure_built(setup["adapter"]) == built
     assert built.read_bytes() == whole
-    assert not stale.exists() and not dead.exists() and other.exists()
+    assert not stale.exists() and not dead.exists() and other.exists() and same_name.exists()
 
 
 def test_rejects_what_it_cannot_build(tmp_path):

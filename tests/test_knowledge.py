@@ -150,8 +150,13 @@ def test_another_knowledge_base_keeps_its_own_index(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a = KnowledgeBase(write_kb(tmp_path / "a" / "kb.jsonl.gz"), cache_dir=cache)
-    b = KnowledgeBase(write_kb(tmp_path / "b" / "other.jsonl.gz", PASSAGES[:2]), cache_dir=cache)
-    assert a.db_path.exists() and b.db_path.exists() and a.db_path != b.db_path
+    b = KnowledgeBase(write_kb(tmp_path / "b" / "kb.jsonl.gz", PASSAGES[:2]), cache_dir=cache)  # same name
+    c = KnowledgeBase(write_kb(tmp_path / "b" / "kb-small.jsonl.gz", PASSAGES[:1]), cache_dir=cache)
+    a2 = KnowledgeBase(tmp_path / "a" / "kb.jsonl.gz", cache_dir=cache)
+    assert a.db_path.exists() and b.db_path.exists() and c.db_path.exists() and len({a.db_path, b.db_path, c.db_path}) == 3
+    assert a2.db_path == a.db_path
+    a2.close()
+    c.close()
     a.close()
     b.close()
 

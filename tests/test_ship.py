@@ -59,6 +59,18 @@ def test_ship_refuses_an_unfinished_or_unbuildable_run_and_keeps_what_was_shippe
     assert (adapters / "tuned" / "kept").read_text() == "the adapter shipped before"
 
 
+def test_an_earlier_stage_on_non_commercial_data_is_caught_too(tmp_path, capsys):
+    first = {"name": "x", "steps": 5, "tokens": 10, "sources": ["dialogsum", "mts-dialog"], "continued_from": None}
+    recipe = {"base_model": "smollm2-135m-instruct", "continued_from": first,
+              "data": {"mix_rows_per_source": {"mts-dialog": 9}}}
+    with pytest.raises(SystemExit, match="dialogsum"):
+        ship(_run(tmp_path, recipe), "tuned", dest_root=tmp_path / "adapters")
+    unknown = {"base_model": "smollm2-135m-instruct", "continued_from": {"name": "old", "continued_from": None},
+               "data": {"mix_rows_per_source": {"mts-dialog": 9}}}
+    ship(_run(tmp_path / "old", unknown), "tuned", dest_root=tmp_path / "adapters")
+    assert "1 earlier stage(s)" in capsys.readouterr().err
+
+
 def test_an_adapter_trained_on_non_commercial_data_is_not_shipped_by_default(tmp_path):
     recipe = {"base_model": "smollm2-135m-instruct", "data": {"mix_rows_per_source": {"dialogsum": 9}}}
     run = _run(tmp_path, recipe)

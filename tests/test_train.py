@@ -108,6 +108,11 @@ def test_a_default_mix_entry_may_cap_and_a_misspelt_source_is_an_error(tmp_path)
     rows = [{"source": "mts-dialog"}, {"source": "meqsum"}]
     with pytest.raises(SystemExit, match=r"sources the data does not have: \['mts_dialog'\]"):
         T.mix_sources(rows, {"mts_dialog": {"cap": 1}, "default": {"repeat": 0.0}}, seed=1)
+    # leaving out a source this data does not have is fine
+    assert len(T.mix_sources(rows, {"aci-bench": {"cap": 0, "repeat": 0.0}}, seed=1)) == 2
+    path.write_text('[data]\ntrain = []\n')
+    with pytest.raises(ValueError, match="data.train must name at least one file"):
+        T.load_config(path)
 
 
 def test_bad_training_data_names_file_and_line(tmp_path):
@@ -224,6 +229,7 @@ def test_resume_continues_exactly(tiny_model_dir, data_dir, tmp_path):
     shutil.rmtree(split / "final")
     resumed = T.train(cfg, split, resume=True, progress=False)
     assert resumed["final"] == str(split / "final")
+    assert json.loads((split / "final" / "recipe.json").read_text())["final_eval_loss"] == recipe["final_eval_loss"]
     for key, tensor in _adapter(split).items():
         torch.testing.assert_close(tensor, a[key], rtol=1e-5, atol=1e-6)
     # a changed recipe does not continue another's checkpoint, and says what changed
@@ -257,6 +263,7 @@ def test_continued_run_starts_from_the_given_adapter(tiny_model_dir, data_dir, t
     recipe = json.loads((tmp_path / "second" / "final" / "recipe.json").read_text())
     assert recipe["continued_from"]["adapter"] == str(first / "final")
     assert recipe["continued_from"]["steps"] == 6 and recipe["continued_from"]["tokens"] > 0
+    assert recipe["continued_from"]["sources"] == ["alpha", "beta"]  # for ship's licence check
     assert recipe["continued_from"]["continued_from"] is None
 
     # A third stage's recipe still tells the first stage, through the second's.
