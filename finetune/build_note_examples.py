@@ -21,6 +21,7 @@ import gzip
 import json
 from pathlib import Path
 
+from .jsonl import iter_jsonl
 from .sources import norm
 
 FILE_NAME = "mts_dialog_notes.jsonl.gz"
@@ -28,21 +29,14 @@ FILE_NAME = "mts_dialog_notes.jsonl.gz"
 
 def mts_rows(path: Path):
     """(dialogue, section, note) of every MTS-Dialog row of a prepared JSONL file."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not JSON ({e.msg})") from None
-            if row.get("source") != "mts-dialog":
-                continue
-            try:
-                inputs = row["meta"]["inputs"]
-                yield inputs["dialogue"], inputs["section"], row["messages"][-1]["content"].strip()
-            except (KeyError, IndexError, TypeError) as e:
-                raise ValueError(f"{path}:{line_no}: MTS-Dialog row without {e}") from None
+    for line_no, row in iter_jsonl(path):
+        if row.get("source") != "mts-dialog":
+            continue
+        try:
+            inputs = row["meta"]["inputs"]
+            yield inputs["dialogue"], inputs["section"], row["messages"][-1]["content"].strip()
+        except (KeyError, IndexError, TypeError) as e:
+            raise ValueError(f"{path}:{line_no}: MTS-Dialog row without {e}") from None
 
 
 def collect(train_jsonl: Path, held_out: list[Path] = ()) -> tuple[list[dict], int]:

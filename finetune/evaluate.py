@@ -30,6 +30,7 @@ from assistant.backends import load_backend
 from assistant.backends.base import Backend, GenerationOptions, GenerationStats, Message
 
 from . import formats, metrics
+from .jsonl import read_jsonl
 
 # "medquad" answers the way the app does (triage, retrieval, grounded prompt, sources);
 # "medquad-ungrounded" asks the model the bare question, for comparison.
@@ -82,21 +83,6 @@ def visits(section_records: Iterable[dict]) -> list[dict]:
             raise ValueError(f"{r['id']}: not the transcript of the other sections of {visit_id}")
         visit["reference"].append(r["reference"])
     return [{**v, "reference": "\n\n".join(v["reference"])} for v in by_visit.values()]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{n}: expected a JSON object")
-                records.append(record)
-    return records
 
 
 class StatsRecorder(Backend):

@@ -22,6 +22,8 @@ from pathlib import Path
 from assistant.knowledge import KnowledgeBase
 from assistant.tasks import grounded_answer_messages, retrieve_grounding
 
+from .jsonl import read_jsonl
+
 
 def question_of(record: dict) -> str:
     return record["messages"][-2]["content"]
@@ -75,15 +77,10 @@ def _read(path: Path) -> list[dict]:
     """Every split is read (and checked) before any grounded file is rewritten."""
     if not path.is_file():
         raise SystemExit(f"{path}: not found; build the splits first (python -m finetune.prepare_data)")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise SystemExit(f"{path}:{n}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-    return rows
+    try:
+        return read_jsonl(path)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ import torch.nn.functional as F
 
 from assistant.paths import file_sha256
 
+from .jsonl import iter_jsonl
+
 IGNORE = -100
 
 DEFAULTS = {
@@ -243,22 +245,16 @@ def read_jsonl(path: str | Path | list) -> list[dict]:
         return [row for p in path for row in read_jsonl(p)]
     rows = []
     try:
-        f = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise SystemExit(f"{path}: cannot read the data: {exc.strerror}") from None
-    with f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"{path}:{n}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            messages = row.get("messages") if isinstance(row, dict) else None
+        for n, row in iter_jsonl(path):
+            messages = row.get("messages")
             if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) \
                     or messages[-1].get("role") != "assistant":
                 raise SystemExit(f"{path}:{n}: field 'messages' must be a chat ending with the assistant's answer")
             rows.append(row)
+    except OSError as exc:
+        raise SystemExit(f"{path}: cannot read the data: {exc.strerror}") from None
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     return rows
 
 

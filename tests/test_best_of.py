@@ -112,7 +112,7 @@ def test_build_groups_dialogues_by_note_and_reads_only_mts_dialog(tmp_path):
     with pytest.raises(ValueError, match=r"train\.jsonl:1: MTS-Dialog row without"):
         build_note_examples.collect(train)
     train.write_text("{not json\n")
-    with pytest.raises(ValueError, match=r"train\.jsonl:1: not JSON"):
+    with pytest.raises(ValueError, match=r"train\.jsonl:1: malformed JSON"):
         build_note_examples.collect(train)
 
 
