@@ -212,18 +212,41 @@ def _is_question(text: str) -> bool:
 
 
 def _rule_fires(rule: _Rule, norm: str, cfg: TriageConfig, question: bool) -> bool:
+    clauses: list[str] = []  # the clauses of the rule's usable matches
+    parts: list[str] = []  # the same, cut at "and": where the match itself is
     for term in rule.terms:
-        if not any(_usable(norm, m, cfg, rule.context) for m in term.finditer(norm)):
+        usable = [m for m in term.finditer(norm) if _usable(norm, m, cfg, rule.context)]
+        if not usable:
             return False
+        for m in usable:
+            start, clause = _clause_at(norm, m.start())
+            clauses.append(clause)
+            offset = m.start() - start
+            parts.append(next(p for p in _and_parts(clause) if p[0] <= offset < p[0] + len(p[1]) + 5)[1])
+
+    def in_clauses(key: str, within: list[str]) -> bool:
+        pattern = cfg.ctx.get(key)
+        return pattern is not None and any(pattern.search(c) for c in within)
+
     if rule.context:
         if question and not cfg.ctx["person"].search(norm):
             return False
-        if cfg.ctx["past"].search(norm) and not cfg.ctx["current"].search(norm):
+        if cfg.ctx["past"].search(norm) and not cfg.ctx["current"].search(norm) \
+                and not in_clauses("now_in_clause", clauses):
             return False
-    acute = cfg.ctx.get("acute")
-    if any(u.search(norm) for u in rule.unless) and not (acute is not None and acute.search(norm)):
+    # "stabbed two years ago and the scar itches again": the acute word must describe the match
+    if any(u.search(norm) for u in rule.unless) and not in_clauses("acute", parts):
         return False
     return True
+
+
+def _and_parts(clause: str) -> list[tuple[int, str]]:
+    """(offset, text) of a clause's pieces between " and "s."""
+    out, at = [], 0
+    for piece in clause.split(" and "):
+        out.append((at, piece))
+        at += len(piece) + len(" and ")
+    return out
 
 
 @functools.lru_cache(maxsize=1)
