@@ -199,8 +199,9 @@ def ensure_built(adapter_dir: str | Path, base: str | Path | None = None, qtype:
 def _prune(current: Path) -> None:
     """Earlier builds of the same adapter (another base or version), and files left by killed builds."""
     stem = re.escape(current.name.rsplit("-", 1)[0])  # adapter name, its folder's hash and the type
-    build = re.compile(rf"^{stem}-[0-9a-f]{{16}}\.gguf(?:\.size)?$")
-    left = re.compile(rf"^\.{stem}-[0-9a-f]{{16}}\.gguf\.(\d+)\.tmp$")
+    name = re.escape(current.name.rsplit("-", 3)[0])  # the adapter name alone: the naming before stems
+    build = re.compile(rf"^(?:{stem}|{name})-[0-9a-f]{{16}}\.gguf(?:\.size)?$")
+    left = re.compile(rf"^\.(?:{stem}|{name})-[0-9a-f]{{16}}\.gguf\.(\d+)\.tmp$")
     for path in current.parent.iterdir():
         if build.match(path.name) and path.name not in (current.name, current.name + ".size"):
             path.unlink(missing_ok=True)

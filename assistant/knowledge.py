@@ -9,8 +9,8 @@ the standard library's sqlite3 is enough here.
 from __future__ import annotations
 
 import functools
-import hashlib
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -18,6 +18,7 @@ import re
 import sqlite3
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,9 +150,13 @@ class KnowledgeBase:
         except sqlite3.DatabaseError:  # a cache file damaged on disk: built again, once
             self.db_path.unlink(missing_ok=True)
             self._con = self._open_index()
-        ours = re.compile(rf"^{re.escape(stem)}-v\d+-[0-9a-f]{{16}}\.sqlite$|^kb-[0-9a-f]{{16}}\.sqlite$")
-        for old in cache.glob("kb-*.sqlite"):  # earlier versions of this file's index (and the old naming)
-            if old != self.db_path and ours.match(old.name):
+        # earlier versions of this file's index, indexes in older namings, and builds a kill cut short
+        name = re.escape(self.path.name.split(".")[0])
+        ours = re.compile(rf"^{re.escape(stem)}-v\d+-[0-9a-f]{{16}}\.sqlite$|^kb-[0-9a-f]{{16}}\.sqlite$"
+                          rf"|^kb-{name}-v\d+-[0-9a-f]{{16}}\.sqlite$")
+        for old in cache.glob("kb-*"):
+            stale_tmp = old.suffix == ".tmp" and time.time() - old.stat().st_mtime > 3600
+            if old != self.db_path and (ours.match(old.name) or stale_tmp):
                 old.unlink(missing_ok=True)
         # A scratch FTS5 table with the same tokenizer stems the query and the hits exactly as the index does.
         self._scratch = sqlite3.connect(":memory:", check_same_thread=False)

@@ -18,11 +18,9 @@ from safetensors.numpy import load_file, save_file
 
 from assistant.paths import DATA_DIR
 
+from .sources import LICENCES
+
 FILES = ("adapter_config.json", "recipe.json")
-# The licence of each training source (finetune/prepare_data.py records one per example).
-LICENCES = {"mts-dialog": "CC BY 4.0", "aci-bench": "CC BY 4.0", "medquad": "CC BY 4.0",
-            "medquad-grounded": "CC BY 4.0", "meqsum": "CC BY 4.0", "pubmedqa": "MIT",
-            "dialogsum": "CC BY-NC-SA 4.0"}
 
 
 def _check(final: Path) -> dict:
@@ -50,6 +48,9 @@ def _sources(recipe: dict) -> tuple[list[str], int]:
     unrecorded = 0
     while recipe:
         stage = set((recipe.get("data") or {}).get("mix_rows_per_source") or recipe.get("sources") or [])
+        earlier = Path(recipe.get("adapter") or "") / "recipe.json"
+        if not stage and recipe.get("adapter") and earlier.is_file():  # the stage's run is still here
+            stage = set((json.loads(earlier.read_text()).get("data") or {}).get("mix_rows_per_source") or [])
         found |= stage
         unrecorded += not stage
         recipe = recipe.get("continued_from")

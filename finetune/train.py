@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from assistant.paths import file_sha256
 
 from .jsonl import iter_jsonl
+from .sources import LICENCES
 
 IGNORE = -100
 
@@ -171,8 +172,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
         raise ValueError("config key train.epochs must be above 0 (or set train.max_steps)")
     if cfg["train"]["lr"] < 0:
         raise ValueError(f"config key train.lr must not be negative, not {cfg['train']['lr']}")
-    if not _as_list(cfg["data"]["train"]):
+    if not _as_list(cfg["data"]["train"]) or not all(_as_list(cfg["data"]["train"])):
         raise ValueError("config key data.train must name at least one file")
+    if not 0 <= cfg["train"]["min_lr_ratio"] <= 1:
+        raise ValueError(f"config key train.min_lr_ratio must be between 0 and 1, not {cfg['train']['min_lr_ratio']}")
+    if cfg["train"]["warmup_steps"] < 0:
+        raise ValueError(f"config key train.warmup_steps must not be negative, not {cfg['train']['warmup_steps']}")
     return cfg
 
 
@@ -263,8 +268,9 @@ def mix_sources(rows: list[dict], mix: dict, seed: int) -> list[dict]:
     by_source: dict[str, list[dict]] = {}
     for row in rows:
         by_source.setdefault(row.get("source", "unknown"), []).append(row)
-    # an entry that only leaves a source out (cap 0 or repeat 0) may name one this data lacks
-    unknown = {s for s, spec in mix.items() if spec.get("cap", 1) and spec.get("repeat", 1)} - set(by_source) - {"default"}
+    # an entry that only leaves out a known source (cap 0 or repeat 0) may name one this data lacks
+    unknown = {s for s, spec in mix.items() if (spec.get("cap", 1) and spec.get("repeat", 1)) or s not in LICENCES}
+    unknown -= set(by_source) | {"default"}
     if unknown:  # most likely a misspelt name, whose rows would silently fall under "default"
         raise SystemExit(f"data.mix names sources the data does not have: {sorted(unknown)}; "
                          f"the data's sources are {sorted(by_source)}")

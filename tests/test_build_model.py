@@ -145,14 +145,17 @@ def test_a_torn_or_stale_build_is_rebuilt_and_old_ones_are_pruned(setup, monkeyp
     stale.write_bytes(b"old")
     other = models / "tiny-adapter-2-0123abcd-Q8_0-0123456789abcdef.gguf"  # another adapter: kept
     other.write_bytes(b"other")
-    same_name = models / f"tiny-adapter-ffffffff-Q8_0-0123456789abcdef.gguf"  # a folder of that name elsewhere
+    same_name = models / "tiny-adapter-ffffffff-Q8_0-0123456789abcdef.gguf"  # a folder of that name elsewhere
     same_name.write_bytes(b"elsewhere")
+    legacy = models / "tiny-adapter-fedcba9876543210.gguf"  # the naming before folder and type were in it
+    legacy.write_bytes(b"legacy")
     dead = models / f".{built.name}.999999999.tmp"  # left by a killed build
     dead.write_bytes(b"partial")
     built.write_bytes(whole[: len(whole) // 2])  # torn by a crash
     assert bm.ensure_built(setup["adapter"]) == built
     assert built.read_bytes() == whole
-    assert not stale.exists() and not dead.exists() and other.exists() and same_name.exists()
+    assert not stale.exists() and not dead.exists() and not legacy.exists()
+    assert other.exists() and same_name.exists()
 
 
 def test_rejects_what_it_cannot_build(tmp_path):

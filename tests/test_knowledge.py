@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import time
 
 import pytest
 
@@ -152,9 +154,15 @@ def test_another_knowledge_base_keeps_its_own_index(tmp_path):
     a = KnowledgeBase(write_kb(tmp_path / "a" / "kb.jsonl.gz"), cache_dir=cache)
     b = KnowledgeBase(write_kb(tmp_path / "b" / "kb.jsonl.gz", PASSAGES[:2]), cache_dir=cache)  # same name
     c = KnowledgeBase(write_kb(tmp_path / "b" / "kb-small.jsonl.gz", PASSAGES[:1]), cache_dir=cache)
+    legacy = [cache / "kb-0123456789abcdef.sqlite", cache / "kb-kb-v1-0123456789abcdef.sqlite"]
+    for path in legacy:
+        path.write_bytes(b"")
+    killed = cache / "kb-kb-1234.tmp"
+    killed.write_bytes(b"")
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))
     a2 = KnowledgeBase(tmp_path / "a" / "kb.jsonl.gz", cache_dir=cache)
     assert a.db_path.exists() and b.db_path.exists() and c.db_path.exists() and len({a.db_path, b.db_path, c.db_path}) == 3
-    assert a2.db_path == a.db_path
+    assert a2.db_path == a.db_path and not any(p.exists() for p in [*legacy, killed])
     a2.close()
     c.close()
     a.close()

@@ -65,6 +65,13 @@ def test_an_earlier_stage_on_non_commercial_data_is_caught_too(tmp_path, capsys)
               "data": {"mix_rows_per_source": {"mts-dialog": 9}}}
     with pytest.raises(SystemExit, match="dialogsum"):
         ship(_run(tmp_path, recipe), "tuned", dest_root=tmp_path / "adapters")
+    earlier = tmp_path / "earlier-run"
+    earlier.mkdir()
+    (earlier / "recipe.json").write_text(json.dumps({"data": {"mix_rows_per_source": {"dialogsum": 3}}}))
+    from_run = {"base_model": "smollm2-135m-instruct", "data": {"mix_rows_per_source": {"mts-dialog": 9}},
+                "continued_from": {"name": "old", "adapter": str(earlier), "continued_from": None}}
+    with pytest.raises(SystemExit, match="dialogsum"):  # the earlier stage's own recipe is read
+        ship(_run(tmp_path / "from-run", from_run), "tuned", dest_root=tmp_path / "adapters")
     unknown = {"base_model": "smollm2-135m-instruct", "continued_from": {"name": "old", "continued_from": None},
                "data": {"mix_rows_per_source": {"mts-dialog": 9}}}
     ship(_run(tmp_path / "old", unknown), "tuned", dest_root=tmp_path / "adapters")

@@ -108,8 +108,13 @@ def test_a_default_mix_entry_may_cap_and_a_misspelt_source_is_an_error(tmp_path)
     rows = [{"source": "mts-dialog"}, {"source": "meqsum"}]
     with pytest.raises(SystemExit, match=r"sources the data does not have: \['mts_dialog'\]"):
         T.mix_sources(rows, {"mts_dialog": {"cap": 1}, "default": {"repeat": 0.0}}, seed=1)
-    # leaving out a source this data does not have is fine
+    # leaving out a known source this data does not have is fine; a misspelt one is still an error
     assert len(T.mix_sources(rows, {"aci-bench": {"cap": 0, "repeat": 0.0}}, seed=1)) == 2
+    with pytest.raises(SystemExit, match="dialogsun"):
+        T.mix_sources(rows, {"dialogsun": {"cap": 0}}, seed=1)
+    path.write_text('[train]\nmin_lr_ratio = -0.5\n')
+    with pytest.raises(ValueError, match="min_lr_ratio must be between 0 and 1"):
+        T.load_config(path)
     path.write_text('[data]\ntrain = []\n')
     with pytest.raises(ValueError, match="data.train must name at least one file"):
         T.load_config(path)

@@ -9,6 +9,13 @@ from typing import Iterable
 from assistant.backends.base import Message
 
 
+# Every source a training example can come from, with its licence (each reader also
+# records one per example); medquad-grounded is MedQuAD with retrieved passages.
+LICENCES = {"mts-dialog": "CC BY 4.0", "aci-bench": "CC BY 4.0", "medquad": "CC BY 4.0",
+            "medquad-grounded": "CC BY 4.0", "meqsum": "CC BY 4.0", "pubmedqa": "MIT",
+            "dialogsum": "CC BY-NC-SA 4.0"}
+
+
 def norm(text: str) -> str:
     """What "the same text" means for deduplication and leakage checks."""
     return " ".join(text.lower().split())
