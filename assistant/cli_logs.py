@@ -5,7 +5,6 @@ Register on the main group with ``cli.add_command(logs)``. Every command takes
 """
 from __future__ import annotations
 
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from assistant import store as store_mod
+from assistant.paths import write_private
 from assistant.store import Store, StoreError
 
 _MARK = ("\x02", "\x03")  # snippet highlight markers that cannot occur in typed text
@@ -175,11 +175,7 @@ def export(db_path, session_ids, all_, fmt, output):
         click.echo(text, nl=False)
         return
     try:
-        # Exports hold health conversations: readable by the owner only, like the database.
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # a file that already existed keeps its mode otherwise
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_private(output, text)
     except OSError as e:
         raise StoreError(f"{output}: cannot write the export: {e.strerror}") from e
     click.echo(f"Wrote {output}")

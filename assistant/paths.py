@@ -44,3 +44,12 @@ def file_key(path: Path) -> str:
     hashing a 100 MB model on every start would cost more than the cache saves."""
     st = path.stat()
     return hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` readable by the owner only (exports hold health conversations), also
+    when the file already existed with a wider mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(text)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import re
 import threading
 import time
@@ -32,6 +31,7 @@ from textual.widgets import Footer, Input, Label, ListView, TextArea
 from .. import tasks
 from ..backends.base import Backend, CancelToken, GenerationOptions
 from ..models import DEFAULT_MODEL
+from ..paths import write_private
 from .keys import app_bindings
 from .screens import ConfirmScreen, HelpScreen, PromptScreen
 from .widgets import (
@@ -960,11 +960,7 @@ class HealthAssistantApp(App[int]):
                 return
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                # Health conversations: readable by the owner only, like the database.
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                os.fchmod(fd, 0o600)  # a file that already existed keeps its mode otherwise
-                with open(fd, "w", encoding="utf-8") as f:
-                    f.write(content)
+                write_private(dest, content)
             except OSError as exc:
                 self.report_error("Cannot write the export", exc)
                 return
