@@ -205,7 +205,8 @@ def _print_stats(stats) -> None:
               help="Where batch answers go (.jsonl or .md).")
 @click.option("--id-column", default=None, help="CSV column holding the question's id.")
 @click.option("--text-column", default=None, help="CSV column holding the question (default: 'question').")
-@click.option("--overwrite", is_flag=True, help="Start the output afresh, replacing an earlier one (of this run or another) once a result is written.")
+@click.option("--overwrite", is_flag=True,
+              help="Start the output afresh, replacing an earlier one (of this run or another) once a result is written.")
 @model_options
 @generation_options(ANSWER_MAX_TOKENS)
 @log_options
@@ -252,7 +253,8 @@ def ask(question, input_path, output_path, id_column, text_column, overwrite, mo
 @click.option("--id-column", default=None, help="CSV column holding the record id.")
 @click.option("--text-column", default=None, help="CSV column holding the transcript.")
 @click.option("--section-column", default=None, help="CSV column naming the section wanted per row.")
-@click.option("--overwrite", is_flag=True, help="Start the output afresh, replacing an earlier one (of this run or another) once a result is written.")
+@click.option("--overwrite", is_flag=True,
+              help="Start the output afresh, replacing an earlier one (of this run or another) once a result is written.")
 @model_options
 @generation_options(SUMMARY_MAX_TOKENS)
 @click.option("--repeat-penalty", type=click.FloatRange(1.0), default=None,
