@@ -3,6 +3,7 @@ the fine-tuning data builder so that training and inference see the same text.""
 from __future__ import annotations
 
 import json
+import string
 from functools import lru_cache
 
 from .paths import PROMPTS_DIR
@@ -18,7 +19,13 @@ def template(name: str) -> str:
 
 
 def render(name: str, **fields: str) -> str:
-    return template(name).format(**fields)
+    """A template with its fields filled; every field must be given and every value used,
+    so a template edited without its caller (or the reverse) fails loudly, not silently."""
+    text = template(name)
+    wanted = {f for _, f, _, _ in string.Formatter().parse(text) if f}
+    if wanted != set(fields):
+        raise ValueError(f"prompt template {name!r} takes {sorted(wanted)}, was given {sorted(fields)}")
+    return text.format(**fields)
 
 
 @lru_cache(maxsize=None)
@@ -30,7 +37,8 @@ def section_title(section: str | None) -> str | None:
     """MTS-Dialog section codes (GENHX) become readable titles; free text passes through."""
     if not section:
         return None
-    return section_names().get(section.strip().upper(), section.strip())
+    code = section_code(section)  # "allergies" is the trained title "Allergies"
+    return section_names()[code] if code else section.strip()
 
 
 def section_code(section: str | None) -> str | None:

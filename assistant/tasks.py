@@ -84,6 +84,8 @@ class TaskResult:
 
 def _run(backend: Backend, messages: Sequence[Message], options: GenerationOptions,
          on_text: TextCallback | None, cancel: CancelToken | None) -> tuple[str, GenerationStats]:
+    if cancel is not None and cancel.cancelled:
+        return "", GenerationStats(finish_reason="cancelled")
     pieces = []
     for piece in backend.stream(messages, options, cancel):
         pieces.append(piece)
@@ -99,7 +101,10 @@ def _add(total: GenerationStats | None, stats: GenerationStats) -> GenerationSta
     total.prompt_tokens += stats.prompt_tokens
     total.completion_tokens += stats.completion_tokens
     total.total_s += stats.total_s
-    total.finish_reason = stats.finish_reason
+    # cancelled beats length beats stop: a part cut at the limit lost facts the merge cannot recover
+    order = ("stop", "length", "cancelled")
+    if order.index(stats.finish_reason) >= order.index(total.finish_reason):
+        total.finish_reason = stats.finish_reason
     return total
 
 
@@ -177,15 +182,18 @@ def _split(text: str, budget: int, count: Callable[[str], int], level: int) -> l
     units = split(text)
     if len(units) <= 1:
         return _split(text, budget, count, level + 1)
+    # Each unit is counted once and a joiner is taken as one token, so a long chunk costs
+    # one pass of the tokenizer; a chunk the estimate let through over budget is split finer below.
     chunks: list[str] = []
     current: list[str] = []
+    size = 0
     for unit in units:
-        candidate = joiner.join(current + [unit])
-        if current and count(candidate) > budget:
+        n = count(unit)
+        if current and size + 1 + n > budget:
             chunks.append(joiner.join(current))
-            current = [unit]
-        else:
-            current.append(unit)
+            current, size = [], 0
+        size += n + (1 if current else 0)
+        current.append(unit)
     if current:
         chunks.append(joiner.join(current))
     out: list[str] = []
@@ -240,6 +248,14 @@ def summarize(
         return TaskResult(text, backend.model_name, stats)
 
     title = _title(section)
+    # Two part summaries must fit one merge prompt, or every part would be written only for
+    # the merge to fail: a part's summary is kept short enough for that.
+    merge_budget = min(budget, _budget(backend, _merge_messages(title, []), opts.max_tokens))
+    part_tokens = min(opts.max_tokens, (merge_budget - 24) // 2)  # _merge allows 8 per summary for "Part i: "
+    if part_tokens < 16:
+        raise TaskError(f"this transcript needs several parts, and the model's {backend.context_length}-token "
+                        f"context leaves no room to merge their summaries; lower the reply length (max tokens)")
+    part_opts = dataclasses.replace(opts, max_tokens=part_tokens)
     part_budget = min(budget, _budget(backend, [_system(), {"role": "user", "content": prompts.render(
         "summarize_part", part="99", parts="99", section=title, dialogue="")}], opts.max_tokens))
     parts = split_to_fit(dialogue, part_budget, backend.count_tokens)
@@ -251,7 +267,7 @@ def summarize(
             on_progress("part", i - 1, len(parts))
         messages = [_system(), {"role": "user", "content": prompts.render(
             "summarize_part", part=str(i), parts=str(len(parts)), section=title, dialogue=part)}]
-        text, stats = _run(backend, messages, opts, None, cancel)
+        text, stats = _run(backend, messages, part_opts, None, cancel)
         total = _add(total, stats)
         calls += 1
         summaries.append(text)
@@ -259,8 +275,10 @@ def summarize(
             return TaskResult("\n".join(summaries), backend.model_name, total, calls)
     if on_progress:
         on_progress("part", len(parts), len(parts))
-    merged, merge_stats, merge_calls = _merge(backend, summaries, title, opts, on_text, cancel, budget)
+    merged, merge_stats, merge_calls = _merge(backend, summaries, title, opts, on_text, cancel, budget, part_opts)
     total = _add(total, merge_stats)
+    if total.finish_reason == "cancelled" and not merged.strip():  # stopped before the merge wrote anything
+        merged = "\n".join(summaries)
     return TaskResult(merged, backend.model_name, total, calls + merge_calls)
 
 
@@ -303,14 +321,17 @@ def _summarize_best_of(backend: Backend, dialogue: str, section: str | None, opt
                       meta={"best_of": n, "drafts": len(texts), "chosen": chosen})
 
 
-def _merge(backend: Backend, summaries: list[str], title: str, opts: GenerationOptions,
-           on_text: TextCallback | None, cancel: CancelToken | None, budget: int
-           ) -> tuple[str, GenerationStats, int]:
-    def merge_messages(items: list[str]) -> list[Message]:
-        body = "\n\n".join(f"Part {i}: {s}" for i, s in enumerate(items, 1))
-        return [_system(), {"role": "user", "content": prompts.render("merge", section=title, summaries=body)}]
+def _merge_messages(title: str, items: list[str]) -> list[Message]:
+    body = "\n\n".join(f"Part {i}: {s}" for i, s in enumerate(items, 1))
+    return [_system(), {"role": "user", "content": prompts.render("merge", section=title, summaries=body)}]
 
-    merge_budget = min(budget, _budget(backend, merge_messages([]), opts.max_tokens))
+
+def _merge(backend: Backend, summaries: list[str], title: str, opts: GenerationOptions,
+           on_text: TextCallback | None, cancel: CancelToken | None, budget: int,
+           round_opts: GenerationOptions | None = None) -> tuple[str, GenerationStats, int]:
+    """Merge partial summaries, in rounds if they do not fit one prompt; `round_opts` (a
+    shorter reply) for the merges of a round that is not the last, so their results fit."""
+    merge_budget = min(budget, _budget(backend, _merge_messages(title, []), opts.max_tokens))
     calls = 0
     total: GenerationStats | None = None
     # Group partial summaries so each merge prompt fits; repeat until one group remains.
@@ -321,13 +342,16 @@ def _merge(backend: Backend, summaries: list[str], title: str, opts: GenerationO
                 groups.append([])
             groups[-1].append(s)
         if len(groups) == 1:
-            text, stats = _run(backend, merge_messages(groups[0]), opts, on_text, cancel)
+            text, stats = _run(backend, _merge_messages(title, groups[0]), opts, on_text, cancel)
             return text, _add(total, stats), calls + 1
         if len(groups) == len(summaries):  # no progress possible: each summary alone fills the budget
             raise TaskError("partial summaries are too long to merge within the model's context")
         merged = []
         for g in groups:
-            text, stats = _run(backend, merge_messages(g), opts, None, cancel)
+            if len(g) == 1:  # nothing to combine it with this round
+                merged.append(g[0])
+                continue
+            text, stats = _run(backend, _merge_messages(title, g), round_opts or opts, None, cancel)
             total = _add(total, stats)
             calls += 1
             merged.append(text)

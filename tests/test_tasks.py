@@ -112,3 +112,49 @@ def test_a_question_too_long_for_the_context_is_refused_plainly():
     with pytest.raises(TaskError, match=r"the question is too long for the model \(2000 words\).*shorten it"):
         answer(backend, "pain " * 2000, grounded=False)
     assert not backend.prompts
+
+
+def test_splitting_counts_each_turn_once_not_the_growing_chunk():
+    be = FakeBackend()
+    calls = []
+
+    def count(text):
+        calls.append(text)
+        return be.count_tokens(text)
+
+    text = transcript(2000)
+    pieces = split_to_fit(text, 300, count)
+    assert all(be.count_tokens(p) <= 300 for p in pieces)
+    assert "\n".join(pieces).splitlines() == text.splitlines()
+    assert len(calls) < 3 * 2000  # linear in the turns; re-counting each chunk as it grew was quadratic
+
+
+def test_part_summaries_are_kept_short_enough_to_merge_and_a_part_cut_at_the_limit_is_reported():
+    be = FakeBackend(reply=lambda msgs: " ".join(["fact"] * 500), context_length=600)
+    result = summarize(be, transcript(200), "GENHX", options=summary_options(max_tokens=256))
+    part_limits = [o.max_tokens for o, m in zip(be.options, be.prompts) if "This is part" in m[1]["content"]]
+    assert part_limits and max(part_limits) < 256  # two of them fit one merge prompt
+    assert result.stats.finish_reason == "length"  # every call ran to its limit, the parts included
+
+
+def test_a_cancel_during_the_merge_keeps_the_part_summaries_and_starts_no_further_call():
+    from assistant.backends.base import CancelToken
+
+    be = FakeBackend(reply=lambda msgs: "part summary", context_length=400)
+    token = CancelToken()
+
+    def progress(stage, done, total):
+        if stage == "part" and done == total:
+            token.cancel()  # Esc just as the merge begins
+
+    result = summarize(be, transcript(120), "GENHX", cancel=token, on_progress=progress)
+    assert result.cancelled and result.text.startswith("part summary\npart summary")
+    assert not [m for m in be.prompts if "Combine them" in m[1]["content"]]
+
+
+def test_section_titles_are_the_trained_ones_whatever_the_case_and_templates_take_exactly_their_fields():
+    assert prompts.section_title("allergies") == prompts.section_title("ALLERGY") == "Allergies"
+    assert prompts.section_title("history of present illness") == "History of Present Illness"
+    assert prompts.section_title("Wound care") == "Wound care"  # free text passes through
+    with pytest.raises(ValueError, match="takes \\['section', 'summaries'\\], was given \\['section'\\]"):
+        prompts.render("merge", section="Plan")
