@@ -6,7 +6,8 @@ the runnable file is base GGUF + LoRA delta, built on first use:
 
     python -m assistant.build_model data/adapters/<name> [--base smollm2-135m-instruct] [--qtype Q8_0]
 
-prints the path of the cached GGUF (``<cache>/models/<name>-<hash>.gguf``).
+prints the path of the cached GGUF (``<cache>/models/<name>-<folder hash>-<type>-<hash>.gguf``;
+older builds of the same adapter folder and type are removed).
 
 How: every metadata pair and tensor of the base GGUF is copied; each tensor the
 adapter touches is dequantized, gets ``scale * B @ A`` added, and is quantized

@@ -4,13 +4,13 @@
         --data build/data/v1 --limit 20 --out runs/eval/base.json
     python -m finetune.evaluate plot runs/eval/*.json --out finetune/eval.png
 
-Generation suites read test.jsonl (`mts-valid`, `aci-valid`: valid.jsonl) and decode as
+Generation suites read test.jsonl (`mts-valid`, `aci-valid`, `aci-visit-valid`: valid.jsonl) and decode as
 the app does (a summary of an MTS-Dialog section is the best of nine drafts, the rest is
 greedy) through `load_backend` and `assistant.tasks` (or the finetune.formats builders),
 so what is scored is what a user would get. `ppl` scores valid.jsonl with the transformers model:
 the NLL of the reference tokens only. Results go to --out (metrics), a sibling
-.predictions.jsonl (one line per example) and runs/eval/summary.md (one row
-per label).
+.predictions.jsonl (one line per example) and summary.md next to --out, or --summary
+(one row per label).
 """
 from __future__ import annotations
 
