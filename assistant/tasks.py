@@ -182,24 +182,37 @@ def _split(text: str, budget: int, count: Callable[[str], int], level: int) -> l
     units = split(text)
     if len(units) <= 1:
         return _split(text, budget, count, level + 1)
-    # Each unit is counted once and a joiner is taken as one token, so a long chunk costs
-    # one pass of the tokenizer; a chunk the estimate let through over budget is split finer below.
-    chunks: list[str] = []
+    # Each unit is counted once, plus what a joiner costs with this tokenizer, so a long chunk
+    # costs one pass of the tokenizer rather than one per unit added to it.
+    sep = max(0, count(f"x{joiner}x") - 2 * count("x"))
+    groups: list[list[str]] = []
     current: list[str] = []
     size = 0
     for unit in units:
         n = count(unit)
-        if current and size + 1 + n > budget:
-            chunks.append(joiner.join(current))
+        if current and size + sep + n > budget:
+            groups.append(current)
             current, size = [], 0
-        size += n + (1 if current else 0)
+        size += n + (sep if current else 0)
         current.append(unit)
     if current:
-        chunks.append(joiner.join(current))
+        groups.append(current)
     out: list[str] = []
-    for chunk in chunks:
-        out.extend(_split(chunk, budget, count, level + 1) if count(chunk) > budget else [chunk])
+    for group in groups:
+        out.extend(_fit(group, joiner, budget, count, level))
     return out
+
+
+def _fit(units: list[str], joiner: str, budget: int, count: Callable[[str], int], level: int) -> list[str]:
+    """Units the estimate grouped, checked with an exact count: a group over budget is halved
+    at the same level (turns stay whole), and only a single unit goes down a level."""
+    text = joiner.join(units)
+    if count(text) <= budget:
+        return [text]
+    if len(units) == 1:
+        return _split(text, budget, count, level + 1)
+    half = len(units) // 2
+    return _fit(units[:half], joiner, budget, count, level) + _fit(units[half:], joiner, budget, count, level)
 
 
 def _budget(backend: Backend, messages: list[Message], max_tokens: int, margin: int = 16) -> int:
@@ -250,7 +263,7 @@ def summarize(
     title = _title(section)
     # Two part summaries must fit one merge prompt, or every part would be written only for
     # the merge to fail: a part's summary is kept short enough for that.
-    merge_budget = min(budget, _budget(backend, _merge_messages(title, []), opts.max_tokens))
+    merge_budget = _budget(backend, _merge_messages(title, []), opts.max_tokens)
     part_tokens = min(opts.max_tokens, (merge_budget - 24) // 2)  # _merge allows 8 per summary for "Part i: "
     if part_tokens < 16:
         raise TaskError(f"this transcript needs several parts, and the model's {backend.context_length}-token "
@@ -265,6 +278,9 @@ def summarize(
     for i, part in enumerate(parts, 1):
         if on_progress:
             on_progress("part", i - 1, len(parts))
+        if cancel is not None and cancel.cancelled:
+            return TaskResult("\n".join(summaries), backend.model_name, total or GenerationStats(
+                finish_reason="cancelled"), calls)
         messages = [_system(), {"role": "user", "content": prompts.render(
             "summarize_part", part=str(i), parts=str(len(parts)), section=title, dialogue=part)}]
         text, stats = _run(backend, messages, part_opts, None, cancel)
@@ -275,7 +291,7 @@ def summarize(
             return TaskResult("\n".join(summaries), backend.model_name, total, calls)
     if on_progress:
         on_progress("part", len(parts), len(parts))
-    merged, merge_stats, merge_calls = _merge(backend, summaries, title, opts, on_text, cancel, budget, part_opts)
+    merged, merge_stats, merge_calls = _merge(backend, summaries, title, opts, on_text, cancel, part_opts)
     total = _add(total, merge_stats)
     if total.finish_reason == "cancelled" and not merged.strip():  # stopped before the merge wrote anything
         merged = "\n".join(summaries)
@@ -327,11 +343,11 @@ def _merge_messages(title: str, items: list[str]) -> list[Message]:
 
 
 def _merge(backend: Backend, summaries: list[str], title: str, opts: GenerationOptions,
-           on_text: TextCallback | None, cancel: CancelToken | None, budget: int,
+           on_text: TextCallback | None, cancel: CancelToken | None,
            round_opts: GenerationOptions | None = None) -> tuple[str, GenerationStats, int]:
     """Merge partial summaries, in rounds if they do not fit one prompt; `round_opts` (a
     shorter reply) for the merges of a round that is not the last, so their results fit."""
-    merge_budget = min(budget, _budget(backend, _merge_messages(title, []), opts.max_tokens))
+    merge_budget = _budget(backend, _merge_messages(title, []), opts.max_tokens)
     calls = 0
     total: GenerationStats | None = None
     # Group partial summaries so each merge prompt fits; repeat until one group remains.
@@ -347,16 +363,17 @@ def _merge(backend: Backend, summaries: list[str], title: str, opts: GenerationO
         if len(groups) == len(summaries):  # no progress possible: each summary alone fills the budget
             raise TaskError("partial summaries are too long to merge within the model's context")
         merged = []
-        for g in groups:
+        for k, g in enumerate(groups):
             if len(g) == 1:  # nothing to combine it with this round
                 merged.append(g[0])
                 continue
             text, stats = _run(backend, _merge_messages(title, g), round_opts or opts, None, cancel)
             total = _add(total, stats)
             calls += 1
+            if stats.finish_reason == "cancelled":  # what was merged, this group, then what was not yet
+                done = [*merged, text] if text.strip() else [*merged, *g]
+                return "\n".join([*done, *(s for h in groups[k + 1:] for s in h)]), total, calls
             merged.append(text)
-            if stats.finish_reason == "cancelled":
-                return "\n".join(merged), total, calls
         summaries = merged
 
 

@@ -158,3 +158,40 @@ def test_section_titles_are_the_trained_ones_whatever_the_case_and_templates_tak
     assert prompts.section_title("Wound care") == "Wound care"  # free text passes through
     with pytest.raises(ValueError, match="takes \\['section', 'summaries'\\], was given \\['section'\\]"):
         prompts.render("merge", section="Plan")
+
+
+def test_chunks_are_filled_by_what_a_joiner_costs_and_turns_stay_whole_when_the_estimate_is_short():
+    be = FakeBackend()
+    words = " ".join(f"word{i}" for i in range(1500))  # one unpunctuated turn, as speech-to-text writes
+    assert len(split_to_fit(words, 300, be.count_tokens)) == 5  # a space costs nothing here: chunks fill up
+
+    def newline_costs_two(text):  # a tokenizer for which joining lines costs more than one token
+        return be.count_tokens(text) + 2 * text.count("\n")
+
+    text = transcript(60)
+    pieces = split_to_fit(text, 40, newline_costs_two)
+    assert all(newline_costs_two(p) <= 40 for p in pieces)
+    assert [line for p in pieces for line in p.splitlines()] == text.splitlines()  # every turn whole
+
+
+def test_a_cancel_in_a_merge_round_keeps_what_was_not_merged_yet():
+    from assistant.backends.base import CancelToken
+
+    token = CancelToken()
+    merges = []
+
+    def reply(msgs):
+        if "Combine them" in msgs[1]["content"]:
+            merges.append(1)
+            if len(merges) == 2:
+                token.cancel()  # Esc during the second merge of the first round
+            return "merged"
+        return "partsummary " + " ".join(["fact"] * 40)
+
+    be = FakeBackend(reply=reply, context_length=420)
+    result = summarize(be, transcript(300), "GENHX", cancel=token)
+    parts = sum("This is part" in m[1]["content"] for m in be.prompts)
+    merged_parts = sum(m[1]["content"].count("Part ") for m in be.prompts if "Combine them" in m[1]["content"])
+    kept = result.text.count("partsummary")  # every part summary starts so
+    assert result.cancelled and result.text.startswith("merged")
+    assert parts > merged_parts and kept >= parts - merged_parts  # the groups after the cancelled one survive
