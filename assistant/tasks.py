@@ -183,36 +183,28 @@ def _split(text: str, budget: int, count: Callable[[str], int], level: int) -> l
     if len(units) <= 1:
         return _split(text, budget, count, level + 1)
     # Each unit is counted once, plus what a joiner costs with this tokenizer, so a long chunk
-    # costs one pass of the tokenizer rather than one per unit added to it.
+    # costs about one pass of the tokenizer rather than one per unit added to it. A chunk the
+    # estimate lets over budget (a space can cost a token before digits) gives back trailing
+    # units in proportion to its overshoot, which start the next chunk: turns stay whole and
+    # chunks stay nearly full.
     sep = max(0, count(f"x{joiner}x") - 2 * count("x"))
-    groups: list[list[str]] = []
-    current: list[str] = []
-    size = 0
-    for unit in units:
-        n = count(unit)
-        if current and size + sep + n > budget:
-            groups.append(current)
-            current, size = [], 0
-        size += n + (sep if current else 0)
-        current.append(unit)
-    if current:
-        groups.append(current)
+    sizes = [count(u) for u in units]
     out: list[str] = []
-    for group in groups:
-        out.extend(_fit(group, joiner, budget, count, level))
+    i = 0
+    while i < len(units):
+        if sizes[i] > budget:  # one unit alone is too long: split it finer
+            out.extend(_split(units[i], budget, count, level + 1))
+            i += 1
+            continue
+        j, size = i + 1, sizes[i]
+        while j < len(units) and size + sep + sizes[j] <= budget:
+            size += sep + sizes[j]
+            j += 1
+        while j - i > 1 and (exact := count(joiner.join(units[i:j]))) > budget:
+            j = i + max(1, min(j - i - 1, (j - i) * budget // exact))
+        out.append(joiner.join(units[i:j]))
+        i = j
     return out
-
-
-def _fit(units: list[str], joiner: str, budget: int, count: Callable[[str], int], level: int) -> list[str]:
-    """Units the estimate grouped, checked with an exact count: a group over budget is halved
-    at the same level (turns stay whole), and only a single unit goes down a level."""
-    text = joiner.join(units)
-    if count(text) <= budget:
-        return [text]
-    if len(units) == 1:
-        return _split(text, budget, count, level + 1)
-    half = len(units) // 2
-    return _fit(units[:half], joiner, budget, count, level) + _fit(units[half:], joiner, budget, count, level)
 
 
 def _budget(backend: Backend, messages: list[Message], max_tokens: int, margin: int = 16) -> int:
@@ -279,8 +271,8 @@ def summarize(
         if on_progress:
             on_progress("part", i - 1, len(parts))
         if cancel is not None and cancel.cancelled:
-            return TaskResult("\n".join(summaries), backend.model_name, total or GenerationStats(
-                finish_reason="cancelled"), calls)
+            return TaskResult("\n".join(summaries), backend.model_name,
+                              _add(total, GenerationStats(finish_reason="cancelled")), calls)
         messages = [_system(), {"role": "user", "content": prompts.render(
             "summarize_part", part=str(i), parts=str(len(parts)), section=title, dialogue=part)}]
         text, stats = _run(backend, messages, part_opts, None, cancel)
@@ -370,9 +362,9 @@ def _merge(backend: Backend, summaries: list[str], title: str, opts: GenerationO
             text, stats = _run(backend, _merge_messages(title, g), round_opts or opts, None, cancel)
             total = _add(total, stats)
             calls += 1
-            if stats.finish_reason == "cancelled":  # what was merged, this group, then what was not yet
-                done = [*merged, text] if text.strip() else [*merged, *g]
-                return "\n".join([*done, *(s for h in groups[k + 1:] for s in h)]), total, calls
+            if stats.finish_reason == "cancelled":  # what was merged, then every summary not yet merged
+                # (a round's merges are not shown as they are written: its cut-off text is dropped)
+                return "\n".join([*merged, *(s for h in groups[k:] for s in h)]), total, calls
             merged.append(text)
         summaries = merged
 

@@ -191,7 +191,30 @@ def test_a_cancel_in_a_merge_round_keeps_what_was_not_merged_yet():
     be = FakeBackend(reply=reply, context_length=420)
     result = summarize(be, transcript(300), "GENHX", cancel=token)
     parts = sum("This is part" in m[1]["content"] for m in be.prompts)
-    merged_parts = sum(m[1]["content"].count("Part ") for m in be.prompts if "Combine them" in m[1]["content"])
+    first_merge = next(m[1]["content"] for m in be.prompts if "Combine them" in m[1]["content"])
     kept = result.text.count("partsummary")  # every part summary starts so
-    assert result.cancelled and result.text.startswith("merged")
-    assert parts > merged_parts and kept >= parts - merged_parts  # the groups after the cancelled one survive
+    assert result.cancelled and result.text.startswith("merged\n")
+    # the first merge's result, then every summary it did not cover, the cancelled group's included
+    assert kept == parts - first_merge.count("Part ") and "merged" not in result.text[len("merged"):]
+
+
+def test_a_cancel_between_two_parts_is_reported_as_cancelled():
+    from assistant.backends.base import CancelToken
+
+    token = CancelToken()
+    be = FakeBackend(reply=lambda msgs: "part summary", context_length=400)
+    result = summarize(be, transcript(120), "GENHX", cancel=token,
+                       on_progress=lambda stage, done, total: token.cancel() if stage == "part" and done == 1 else None)
+    assert result.cancelled and result.text == "part summary" and len(be.prompts) == 1
+
+
+def test_a_chunk_over_its_estimate_gives_back_only_what_it_must():
+    import re
+
+    def count(text):  # like byte-level BPE: a space before a number costs a token of its own
+        return len(text.split()) + len(re.findall(r" \d", text))
+
+    numbers = " ".join(str(100 + i) for i in range(1000))  # one long line of figures
+    pieces = split_to_fit(numbers, 300, count)
+    assert all(count(p) <= 300 for p in pieces) and " ".join(pieces) == numbers
+    assert len(pieces) <= 8  # about 2,000 tokens in chunks of 300; halving over-full chunks took 13
