@@ -291,9 +291,17 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
         # Drafts are not streamed (only the chosen one is shown), so say what is going on.
         drafts = best_of or summary_drafts(good[0].section or section)
         waiting = err.status(f"drafting {drafts} summaries…") if drafts > 1 else contextlib.nullcontext()
+        shown: list[str] = []
+
+        def echo(piece: str) -> None:
+            shown.append(piece)
+            _echo(piece)
+
         with sigint_cancels(token), user_errors(), waiting:
-            result = summarize(be, good[0].text, good[0].section or section, opts, on_text=_echo, cancel=token,
+            result = summarize(be, good[0].text, good[0].section or section, opts, on_text=echo, cancel=token,
                                best_of=drafts)
+        if not shown and result.text:  # a long transcript stopped before its merge: the part summaries
+            _echo(result.text)
         click.echo()
         if store is not None:
             with user_errors():

@@ -438,3 +438,23 @@ def test_when_every_record_fails_an_overwritten_output_is_kept(tmp_path, monkeyp
     result = run("summarize", src, "-o", out, "--overwrite")
     assert result.exit_code == 1 and "out of memory" in result.output
     assert out.read_text() == '{"id": "x", "summary": "kept"}\n'
+
+
+def test_a_single_summary_stopped_before_its_merge_still_prints_the_part_summaries(tmp_path, monkeypatch):
+    from assistant.backends.base import CancelToken
+
+    be = FakeBackend(reply=lambda msgs: "part summary", context_length=400)
+    monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: be)
+    real_summarize = cli_module.summarize
+
+    def stop_before_merge(*args, **kwargs):  # as if Ctrl-C came while the merge was about to start
+        token: CancelToken = kwargs["cancel"]
+        kwargs["on_progress"] = lambda stage, done, total: token.cancel() if stage == "part" and done == total else None
+        return real_summarize(*args, **kwargs)
+
+    monkeypatch.setattr(cli_module, "summarize", stop_before_merge)
+    src = tmp_path / "long.txt"
+    src.write_text("\n".join(f"Doctor: Question number {i} about the cough?\nPatient: Answer {i}, it hurts."
+                             for i in range(120)))
+    result = run("summarize", src)
+    assert "part summary\npart summary" in result.output
