@@ -80,8 +80,9 @@ def logs():
 @click.option("--archived", is_flag=True, help="Include archived sessions.")
 def list_cmd(db_path, limit, mode, archived):
     """List recent sessions."""
-    if not store_mod.resolve_db_path(db_path).exists():
-        click.echo(f"No sessions logged yet (no database at {store_mod.resolve_db_path(db_path)}).")
+    path = store_mod.resolve_db_path(db_path)
+    if not path.exists():  # nothing to list, and listing must not create it
+        click.echo(f"No sessions logged yet (no database at {path}).")
         return
     with _open(db_path) as st:
         rows = st.list_sessions(limit=limit, mode=mode, include_archived=archived)

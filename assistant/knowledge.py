@@ -4,8 +4,8 @@ The shipped file is data/kb/medquad_passages.jsonl.gz (built by finetune/build_k
 On first use it is indexed into SQLite FTS5 (porter stemming) under the user's cache
 dir, named by the file's name, path, index format and content hash, so a new KB release
 rebuilds the index (the older one is removed), another KB file keeps its own, and an
-unchanged one opens in milliseconds; a damaged index is built again. The cache is read-only after building, so
-the standard library's sqlite3 is enough here.
+unchanged one opens in milliseconds; a damaged index is built again. The cache is
+read-only after building, so the standard library's sqlite3 is enough here.
 """
 from __future__ import annotations
 

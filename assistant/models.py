@@ -143,7 +143,7 @@ def resolve(name: str | None = None, adapter: str | Path | None = None) -> Model
     # "runs/my-model" where runs/ exists is a mistyped path, not a hub id to look up online.
     if _HUB_ID.match(name) and not name.startswith((".", "/")) and not Path(name.split("/")[0]).exists():
         return ModelSpec(name=name, kind="hf", hub_id=name, adapter=adapter_path)
-    if "/" in name or name.endswith(".gguf"):
+    if "/" in name:
         raise ModelError(f"{name}: no such file or directory")
     known = ", ".join(n for n, _ in available())
     raise ModelError(

@@ -670,9 +670,9 @@ class Store:
                 doc = json.loads(Path(source).read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise StoreError(f"{source}: cannot read the export: {e}") from e
-        if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("sessions"), list):
-            raise StoreError(f"{source if not isinstance(source, dict) else 'import'}: not a health-assistant logs export")
         name = source if not isinstance(source, dict) else "import"
+        if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("sessions"), list):
+            raise StoreError(f"{name}: not a health-assistant logs export")
         for i, s in enumerate(doc["sessions"]):
             problem = _import_problem(s)
             if problem:
@@ -699,7 +699,7 @@ class Store:
                     counts["sessions"] += 1
                     counts["messages"] += len(rows)
         except (KeyError, TypeError, AttributeError) as e:
-            raise StoreError(f"{source if not isinstance(source, dict) else 'import'}: malformed export ({e!r})") from e
+            raise StoreError(f"{name}: malformed export ({e!r})") from e
         return counts
 
     def backup(self, dest: str | os.PathLike) -> Path:

@@ -366,8 +366,7 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     gen = [s for s in suites if s != "ppl"]
-    selected = _select_suites(data, gen, args.limit)
-    ppl_records = _select_suites(data, ["ppl"], None)["ppl"][1] if "ppl" in suites else []
+    selected = _select_suites(data, suites, args.limit)
     inner = backend
     if gen and inner is None:
         t0 = time.perf_counter()
@@ -379,14 +378,15 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     summary = SummaryDecoding(repeat_penalty=args.repeat_penalty, best_of=best_of)
     results: dict[str, dict] = {}
     with out.with_suffix(".predictions.jsonl").open("w", encoding="utf-8") as predictions:
-        for suite, (source, records) in selected.items():
+        for suite in gen:
+            source, records = selected[suite]
             if not records:
                 print(f"  {suite}: no records in {source}, skipped", file=sys.stderr)
                 continue
             results[suite] = run_generation(recorder, suite, records, args.prompt_style, args.max_tokens, predictions,
                                             summary)
     if "ppl" in suites:
-        results["ppl"] = run_perplexity(spec, inner, ppl_records, args.limit)
+        results["ppl"] = run_perplexity(spec, inner, selected["ppl"][1], args.limit)
     result = {
         "label": label,
         "model": args.model if backend is None else backend.model_name,
@@ -422,6 +422,7 @@ def _select_suites(data: Path, suites: Sequence[str], limit: int | None) -> dict
         try:
             if source not in files:
                 files[source] = read_jsonl(source)
+            # perplexity takes the whole file; its limit is per source (run_perplexity)
             records = files[source] if suite == "ppl" else select(files[source], suite, limit)
             selected[suite] = (source, records)
         except KeyError as exc:

@@ -46,14 +46,13 @@ def _sources(recipe: dict) -> tuple[list[str], int]:
     record theirs (adapters trained before the trainer kept them)."""
     found: set[str] = set()
     unrecorded = 0
-    while recipe:
-        stage = set((recipe.get("data") or {}).get("mix_rows_per_source") or recipe.get("sources") or [])
-        earlier = Path(recipe.get("adapter") or "") / "recipe.json"
-        if not stage and recipe.get("adapter") and earlier.is_file():  # the stage's run is still here
-            stage = set((json.loads(earlier.read_text()).get("data") or {}).get("mix_rows_per_source") or [])
-        found |= stage
-        unrecorded += not stage
-        recipe = recipe.get("continued_from")
+    for stage in _stages(recipe):
+        names = set((stage.get("data") or {}).get("mix_rows_per_source") or stage.get("sources") or [])
+        earlier = Path(stage.get("adapter") or "") / "recipe.json"
+        if not names and stage.get("adapter") and earlier.is_file():  # the stage's run is still here
+            names = set((json.loads(earlier.read_text()).get("data") or {}).get("mix_rows_per_source") or [])
+        found |= names
+        unrecorded += not names
     return sorted(found), unrecorded
 
 

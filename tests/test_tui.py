@@ -189,14 +189,20 @@ async def test_quit_during_a_reply_keeps_it_as_cancelled(tmp_path):
     assert reply["content"].strip()
 
 
+async def answer_then_regenerate(pilot) -> int:
+    """Ask one question, wait for its answer, press ctrl+r; the first answer's stored id."""
+    await ready(pilot)
+    await send(pilot, "How much water should I drink?")
+    first_id = pilot.app.turns[-1].reply_id
+    await pilot.press("ctrl+r")
+    return first_id
+
+
 async def test_regenerate_replaces_the_last_answer(tmp_path):
     backend = FakeBackend(replies=["The first answer.", "A better answer."])
     app = make_app(tmp_path, backend)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
-        await send(pilot, "How much water should I drink?")
-        first_id = app.turns[-1].reply_id
-        await pilot.press("ctrl+r")
+        first_id = await answer_then_regenerate(pilot)
         await wait_until(pilot, lambda: idle(app) and app.turns[-1].reply == "A better answer.")
         await pilot.pause()
         assert [r.text for r in replies(app)] == ["A better answer."]
@@ -711,10 +717,7 @@ async def test_a_stopped_regenerate_keeps_the_previous_answer(tmp_path):
     backend = FakeBackend(replies=["The first answer.", long_reply, "A follow-up answer."], delay=0.01)
     app = make_app(tmp_path, backend)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
-        await send(pilot, "How much water should I drink?")
-        first_id = app.turns[-1].reply_id
-        await pilot.press("ctrl+r")
+        first_id = await answer_then_regenerate(pilot)
         await wait_until(pilot, lambda: app.job is not None and len(app.job.view.text) > 20, what="some text")
         await pilot.press("escape")
         await wait_until(pilot, lambda: idle(app), what="the cancel")

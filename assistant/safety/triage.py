@@ -196,8 +196,7 @@ def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False) ->
         return False
     if cfg.ctx["educational"].search(clause) and not cfg.ctx["personal_now"].search(clause):
         return False
-    occasional = cfg.ctx.get("occasional")
-    if context and occasional is not None and occasional.search(clause) and not cfg.ctx["happening_now"].search(norm):
+    if context and cfg.ctx["occasional"].search(clause) and not cfg.ctx["happening_now"].search(norm):
         return False
     return True
 
@@ -221,12 +220,10 @@ def _rule_fires(rule: _Rule, norm: str, cfg: TriageConfig, question: bool) -> bo
         for m in usable:
             start, clause = _clause_at(norm, m.start())
             clauses.append(clause)
-            offset = m.start() - start
-            parts.append(next(p for p in _and_parts(clause) if p[0] <= offset < p[0] + len(p[1]) + 5)[1])
+            parts.append(_and_part(clause, m.start() - start))
 
     def in_clauses(key: str, within: list[str]) -> bool:
-        pattern = cfg.ctx.get(key)
-        return pattern is not None and any(pattern.search(c) for c in within)
+        return any(cfg.ctx[key].search(c) for c in within)
 
     if rule.context:
         if question and not cfg.ctx["person"].search(norm):
@@ -240,13 +237,11 @@ def _rule_fires(rule: _Rule, norm: str, cfg: TriageConfig, question: bool) -> bo
     return True
 
 
-def _and_parts(clause: str) -> list[tuple[int, str]]:
-    """(offset, text) of a clause's pieces between " and "s."""
-    out, at = [], 0
-    for piece in clause.split(" and "):
-        out.append((at, piece))
-        at += len(piece) + len(" and ")
-    return out
+def _and_part(clause: str, pos: int) -> str:
+    """The piece of a clause between the " and "s around `pos`."""
+    start = clause.rfind(" and ", 0, pos)
+    end = clause.find(" and ", pos)
+    return clause[start + len(" and ") if start >= 0 else 0 : end if end >= 0 else len(clause)]
 
 
 @functools.lru_cache(maxsize=1)
