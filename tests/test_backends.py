@@ -149,3 +149,38 @@ def test_the_runtime_bench_says_when_no_reply_can_be_measured():
     with pytest.raises(BackendError, match="no usable sample"):
         bench._measure(lambda messages: (1, 0.1, 0.2), repeats=1)  # one token per reply: no decode rate
     assert bench._measure(lambda messages: (11, 0.1, 1.1), repeats=1)["decode_tokens_per_s"] == 10.0
+
+
+_LOAD_FROM_HUB_ID = """
+import socket, sys
+attempts = []
+def refuse(*args, **kwargs):
+    attempts.append(args)
+    raise OSError("no network here")
+socket.getaddrinfo = refuse
+socket.socket.connect = refuse
+from assistant.backends.hf import load_model_and_tokenizer
+from assistant.models import resolve
+model, tokenizer = load_model_and_tokenizer(resolve(sys.argv[1]))
+print(model.config.num_hidden_layers, len(attempts))
+"""
+
+
+def test_a_hub_model_already_downloaded_loads_without_a_network_call(tmp_path, tiny_llama_dir):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    # The Hugging Face cache's own layout, as a download leaves it.
+    repo = tmp_path / "hub" / "models--example-org--tiny-llama"
+    shutil.copytree(tiny_llama_dir, repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    done = subprocess.run([sys.executable, "-c", _LOAD_FROM_HUB_ID, "example-org/tiny-llama"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["2", "0"]  # the cached model's 2 layers, and no network attempt

@@ -47,10 +47,11 @@ def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adap
                 tokenizer = AutoTokenizer.from_pretrained(spec.path.parent, gguf_file=spec.path.name)
                 drop_gguf_quantizer(model)
                 _save_atomically(model, tokenizer, cached)
+        elif spec.path is not None:
+            model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(spec.path)
         else:
-            where = str(spec.path) if spec.path else spec.hub_id
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
-            tokenizer = AutoTokenizer.from_pretrained(where)
+            model, tokenizer = _from_hub(spec.hub_id, torch_dtype)
     except Exception as exc:  # noqa: BLE001 - transformers and safetensors raise many kinds for a bad model
         hint = " (a hub id needs an internet connection)" if spec.hub_id else ""
         raise BackendError(f"could not load model {spec.source}{hint}: {exc}") from exc
@@ -68,6 +69,23 @@ def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adap
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _from_hub(hub_id: str, torch_dtype):
+    """A hub model already in the local Hugging Face cache loads from its snapshot folder
+    without a network call (given the id, transformers first asks the hub for the newest
+    revision and for an adapter config, and with no connection waits through its retries
+    before using the cache); only a model not downloaded yet is fetched."""
+    from huggingface_hub import snapshot_download
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        local = snapshot_download(hub_id, local_files_only=True)
+        return (AutoModelForCausalLM.from_pretrained(local, dtype=torch_dtype),
+                AutoTokenizer.from_pretrained(local))
+    except OSError:  # not downloaded (LocalEntryNotFoundError is one), or only in part
+        return (AutoModelForCausalLM.from_pretrained(hub_id, dtype=torch_dtype),
+                AutoTokenizer.from_pretrained(hub_id))
 
 
 def drop_gguf_quantizer(model) -> None:
