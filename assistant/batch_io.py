@@ -13,6 +13,7 @@ output is only created, or replaced, once there is something to write to it.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -25,6 +26,7 @@ TEXT_KEYS = ("dialogue", "transcript", "conversation", "text")
 SECTION_KEYS = ("section", "section_header")
 CSV_ID_COLUMNS = ("id", "encounter_id", "dialogue_id")
 CSV_SECTION_COLUMNS = SECTION_KEYS
+MARKDOWN_END = "<!-- end -->"
 OUTPUT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".md": "markdown", ".markdown": "markdown"}
 # A whole visit's transcript easily passes the csv module's default limit of 128 KiB per field.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -36,6 +38,12 @@ class Record:
     text: str
     source: str  # "file:line" for messages
     section: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """What the result was made from; a resumed run checks it, since ids alone (a .txt
+        file's line numbers) still match after a record was edited or a line inserted."""
+        return hashlib.sha256(f"{self.section or ''}\0{self.text}".encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -58,6 +66,11 @@ def _decode(raw: bytes) -> str:
 
 def _bad_utf8(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _surrogate(text: str) -> bool:
+    """A JSON \\uD83D escape alone decodes to half a character, which no file can hold."""
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def read_records(path: Path, kind: str, id_column: str | None = None,
@@ -176,6 +189,9 @@ def _record(obj, where: str, text_keys: tuple[str, ...]) -> Record | RecordError
     if not value.strip():
         return RecordError(where, f"empty '{key}'")
     section = next((obj[k] for k in SECTION_KEYS if isinstance(obj.get(k), str) and obj[k].strip()), None)
+    for name, field in (("id", str(obj["id"])), (key, value), ("section", section or "")):
+        if _surrogate(field):  # its line was valid UTF-8, so this came from a \u escape
+            return RecordError(where, f"field '{name}' holds half of a character (an unpaired \\u escape)")
     return Record(id=str(obj["id"]), text=value.strip(), source=where, section=section)
 
 
@@ -254,9 +270,9 @@ def sidecar(path: Path) -> Path:
 class OutputWriter:
     """Appends results to JSONL or Markdown, resuming a matching earlier run.
 
-    Creating the writer only checks the output and reads which ids it holds;
-    nothing on disk changes until the first result is written (`write` opens the
-    file). So a run that fails before it has a result (a mistyped model, an input
+    Creating the writer takes the output's lock and reads which ids it holds;
+    nothing else on disk changes until the first result is written (`write` opens
+    the file). So a run that fails before it has a result (a mistyped model, an input
     with no good record, every record failing) leaves an earlier output, even one
     marked for --overwrite, as it was."""
 
@@ -270,45 +286,80 @@ class OutputWriter:
                               f"(use {', '.join(OUTPUT_SUFFIXES)})")
         if path.is_dir():
             raise OutputError(f"{path}: is a directory, expected a file")
-        self.done: set[str] = set()
-        self._keep: int | None = None  # bytes of complete records; the rest is a line cut off by a crash
+        # id -> fingerprint of the input it was made from (None in outputs of earlier versions)
+        self.done: dict[str, str | None] = {}
+        self._keep: int | None = None  # bytes of complete records; the rest is a record cut off by a crash
         self._fh = None
-        if path.exists() and not overwrite:
-            previous = _read_identity(sidecar(path))
-            if previous != identity:
-                why = ("it has no run record" if previous is None
-                       else "it was written by a different run (" + _difference(previous, identity) + ")")
-                raise OutputError(f"{path} exists and {why}; use --overwrite to replace it")
-            self.done = self._written_ids()
+        self._lock = _Lock(path)
+        try:
+            if path.exists() and not overwrite:
+                previous = _read_identity(sidecar(path))
+                if previous != identity:
+                    why = ("it has no run record" if previous is None
+                           else "it was written by a different run (" + _difference(previous, identity) + ")")
+                    raise OutputError(f"{path} exists and {why}; use --overwrite to replace it")
+                self.done = self._written_ids()
+        except OutputError:
+            self._lock.release()
+            raise
 
-    def _written_ids(self) -> set[str]:
+    def changed(self, records: Iterable[Record]) -> list[str]:
+        """Ids already written whose input is no longer what their result was made from."""
+        return [r.id for r in records if self.done.get(r.id) not in (None, r.fingerprint)]
+
+    def _written_ids(self) -> dict[str, str | None]:
         try:
             data = self.path.read_bytes()
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot read it to resume: {exc.strerror}") from exc
-        ids: set[str] = set()
-        if self.format == "jsonl":
-            # Split on newlines only: a JSON string may hold U+2028 and the like, which
-            # str.splitlines would also split on.
-            lines = data.split(b"\n")
-            for n, line in enumerate(lines, 1):
-                last = n == len(lines)
-                if not line.strip():
-                    continue
+        if self.format == "markdown":
+            return self._markdown_ids(data)
+        ids: dict[str, str | None] = {}
+        # Split on newlines only: a JSON string may hold U+2028 and the like, which
+        # str.splitlines would also split on.
+        lines = data.split(b"\n")
+        for n, line in enumerate(lines, 1):
+            last = n == len(lines)
+            if not line.strip():
+                continue
+            try:
+                result = json.loads(line)
+                rid = str(result["id"])
+                ids[rid] = result.get("input_fingerprint")
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                if last:  # cut off by a crash: dropped when the run resumes
+                    self._keep = len(data) - len(line)
+                    break
+                raise OutputError(f"{self.path}:{n}: not a result line (edited by hand?); fix or remove it, "
+                                  "or use --overwrite to start again") from None
+            if last:  # complete, but the newline after it was never written
+                self._keep = len(data)
+        return ids
+
+    def _markdown_ids(self, data: bytes) -> dict[str, str | None]:
+        """Each result is `<!-- id: "ID" input: FINGERPRINT -->`, its text, then `<!-- end -->`.
+        A last result with no end marker was cut off and is dropped when the run resumes (in
+        an output of an earlier version, which wrote no end markers, it is redone)."""
+        ids: dict[str, str | None] = {}
+        last_start, last_ended = None, True
+        offset = 0
+        for n, line in enumerate(data.split(b"\n"), 1):
+            text = line.decode("utf-8", errors="replace").rstrip("\r")
+            if text.startswith("<!-- id: ") and text.endswith(" -->"):
+                rid, _, fingerprint = text[len("<!-- id: "):-len(" -->")].partition(" input: ")
                 try:
-                    ids.add(str(json.loads(line)["id"]))
-                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-                    if last:  # cut off by a crash: dropped when the run resumes
-                        self._keep = len(data) - len(line)
-                        break
-                    raise OutputError(f"{self.path}:{n}: not a result line (edited by hand?); fix or remove it, "
+                    rid = json.loads(rid)
+                except json.JSONDecodeError:
+                    raise OutputError(f"{self.path}:{n}: not a result marker (edited by hand?); fix or remove it, "
                                       "or use --overwrite to start again") from None
-                if last:  # complete, but the newline after it was never written
-                    self._keep = len(data)
-        else:
-            for line in data.decode("utf-8", errors="replace").splitlines():
-                if line.startswith("<!-- id: ") and line.endswith(" -->"):
-                    ids.add(json.loads(line[len("<!-- id: "):-len(" -->")]))
+                ids[str(rid)] = fingerprint or None
+                last_start, last_ended = (offset, str(rid)), False
+            elif text == MARKDOWN_END:
+                last_ended = True
+            offset += len(line) + 1
+        if last_start is not None and not last_ended:
+            self._keep = last_start[0]
+            del ids[last_start[1]]
         return ids
 
     def open(self) -> None:
@@ -333,24 +384,69 @@ class OutputWriter:
         except OSError as exc:
             raise OutputError(f"{exc.filename or self.path}: cannot write the output: {exc.strerror}") from exc
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict, made_from: Record) -> None:
         if self._fh is None:
             self.open()
+        fingerprint = made_from.fingerprint
         if self.format == "jsonl":
-            text = json.dumps(record, ensure_ascii=False) + "\n"
+            text = json.dumps({**record, "input_fingerprint": fingerprint}, ensure_ascii=False) + "\n"
         else:
             body = record.get("summary") or record.get("answer") or ""
-            text = f"<!-- id: {json.dumps(str(record['id']))} -->\n## {record['id']}\n\n{body}\n\n"
+            text = (f"<!-- id: {json.dumps(str(record['id']))} input: {fingerprint} -->\n## {record['id']}\n\n"
+                    f"{body}\n{MARKDOWN_END}\n\n")
         try:
             self._fh.write(text)
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError as exc:  # a full disk: what was written before stays, a resumed run goes on from it
             raise OutputError(f"{self.path}: cannot write the output: {exc.strerror}") from exc
-        self.done.add(str(record["id"]))
+        self.done[str(record["id"])] = fingerprint
 
     def close(self) -> None:
         if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._lock.release()
+
+
+class _Lock:
+    """`<output>.lock`, held for the run, so two runs given one output cannot both append
+    every record. The kernel drops the lock when a process dies, so a file left by a
+    killed run is harmless; a run that ends removes it. Where fcntl does not exist
+    (Windows) runs are not locked."""
+
+    def __init__(self, output: Path):
+        self.path = output.with_name(output.name + ".lock")
+        self._fh = None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        for _ in range(3):
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fh = self.path.open("a")
+            except OSError as exc:
+                raise OutputError(f"{exc.filename or self.path}: cannot write the output: {exc.strerror}") from exc
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise OutputError(f"{output} is being written by another run; wait for it to end, "
+                                  "or give another --output") from None
+            try:  # the run that held it may have removed the file between our open and our lock
+                same = os.fstat(fh.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fh = fh
+                return
+            fh.close()
+        raise OutputError(f"{output} is being written by another run; wait for it to end, or give another --output")
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self.path.unlink(missing_ok=True)  # while still held, so no other run locks a removed file
             self._fh.close()
             self._fh = None
 

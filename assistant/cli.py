@@ -346,32 +346,39 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
                             **({"best_of": best_of or "per section"} if task == "summarize" else {}))
     with user_errors():
         writer = OutputWriter(output_path, identity, overwrite=overwrite)
-    todo = [r for r in records if r.id not in writer.done]
-    skipped = len(records) - len(todo)
-    if skipped:
-        err.print(f"[dim]resuming: {skipped} already in {output_path}[/]")
-    done = 0
-    run = None
-    token = CancelToken()
-    if todo:
-        be = open_backend(model, adapter, backend)
-        if store is not None:  # a batch run is one session
-            with user_errors():
-                run = store.start_batch(task, ", ".join(map(str, inputs)), str(output_path), be.model_name)
-        status = "cancelled"  # unless the loop ends: a second Ctrl-C leaves it by KeyboardInterrupt
-        already = len(writer.done)
-        try:
-            _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors)
-            status = ("complete" if len(writer.done) - already == len(todo) and not errors
-                      else "cancelled" if token.cancelled else "partial")
-        finally:
-            be.close()
-            writer.close()
-            done = len(writer.done) - already
-            if run is not None:
+    try:
+        changed = writer.changed(records)
+        if changed:
+            shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+            fail(f"{output_path}: the input of {len(changed)} finished record(s) changed since their results were "
+                 f"written (id {shown}); use --overwrite to start again, or write to another --output")
+        todo = [r for r in records if r.id not in writer.done]
+        skipped = len(records) - len(todo)
+        if skipped:
+            err.print(f"[dim]resuming: {skipped} already in {output_path}[/]")
+        done = 0
+        run = None
+        token = CancelToken()
+        if todo:
+            be = open_backend(model, adapter, backend)
+            if store is not None:  # a batch run is one session
                 with user_errors():
-                    store.finish_batch(run[1], {"done": done, "skipped": skipped, "failed": len(errors),
-                                                "remaining": len(todo) - done}, status)
+                    run = store.start_batch(task, ", ".join(map(str, inputs)), str(output_path), be.model_name)
+            status = "cancelled"  # unless the loop ends: a second Ctrl-C leaves it by KeyboardInterrupt
+            already = len(writer.done)
+            try:
+                _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors)
+                status = ("complete" if len(writer.done) - already == len(todo) and not errors
+                          else "cancelled" if token.cancelled else "partial")
+            finally:
+                be.close()
+                done = len(writer.done) - already
+                if run is not None:
+                    with user_errors():
+                        store.finish_batch(run[1], {"done": done, "skipped": skipped, "failed": len(errors),
+                                                    "remaining": len(todo) - done}, status)
+    finally:
+        writer.close()  # also releases the output's lock
     remaining = len(todo) - done
     err.print(f"{done} written to {output_path}" + (f", {skipped} already there" if skipped else "")
               + (f", {remaining} left (run again to resume)" if remaining and not errors else ""))
@@ -414,7 +421,7 @@ def _process(task, todo, be, writer, store, run, opts, section, best_of, token, 
                        completion_tokens=result.stats.completion_tokens,
                        seconds=round(result.stats.total_s, 3))
             with user_errors():
-                writer.write(out)
+                writer.write(out, r)
             if run is not None:
                 with user_errors():
                     store.add_batch_item(run[0], r.text, result.text, model=result.model,

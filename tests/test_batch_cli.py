@@ -45,7 +45,8 @@ def test_summarize_jsonl_writes_expected_keys(tmp_path, fake):
     assert result.exit_code == 0, result.output
     rows = lines(out)
     assert [r["id"] for r in rows] == ["a", "b"]
-    assert set(rows[0]) == {"id", "summary", "model", "prompt_tokens", "completion_tokens", "seconds"}
+    assert set(rows[0]) == {"id", "summary", "model", "prompt_tokens", "completion_tokens", "seconds",
+                            "input_fingerprint"}
     assert rows[0]["summary"] == "summary of cough." and rows[0]["model"] == "fake-model"
     assert "'Chief Complaint' section" in fake.prompts[0][1]["content"]
 
@@ -118,6 +119,83 @@ def test_resume_skips_written_ids_and_repairs_a_cut_line(tmp_path, fake):
     assert "resuming: 2 already" in result.output
     assert len(fake.prompts) == 2  # two records; whole-visit notes get one draft each
     assert [r["id"] for r in lines(out)] == ["0", "1", "2", "3"]
+
+
+def test_resume_refuses_records_whose_input_changed(tmp_path, fake):
+    # A .txt file's ids are line numbers: a question put on top shifts every id.
+    src = tmp_path / "questions.txt"
+    src.write_text("What causes asthma?\nWhat is glaucoma?\n")
+    out = tmp_path / "answers.jsonl"
+    assert run("ask", "--input", src, "-o", out).exit_code == 0
+    before = out.read_bytes()
+    src.write_text("What is diabetes?\nWhat causes asthma?\nWhat is glaucoma?\n")
+    fake.prompts.clear()
+    result = run("ask", "--input", src, "-o", out)
+    assert result.exit_code == 1
+    assert "input of 2 finished record(s) changed" in result.output and "(id 1, 2)" in result.output
+    assert not fake.prompts and out.read_bytes() == before
+    assert run("ask", "--input", src, "-o", out, "--overwrite").exit_code == 0
+    assert [r["question"] for r in lines(out)] == ["What is diabetes?", "What causes asthma?", "What is glaucoma?"]
+
+
+def test_resume_of_an_output_without_fingerprints_still_works(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "dialogue": f"Doctor: item{i}."} for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    assert run("summarize", src, "-o", out).exit_code == 0
+    old = [{k: v for k, v in r.items() if k != "input_fingerprint"} for r in lines(out)[:2]]
+    write_jsonl(out, old)  # as an earlier version wrote it
+    fake.prompts.clear()
+    result = run("summarize", src, "-o", out)
+    assert result.exit_code == 0 and "resuming: 2 already" in result.output and len(fake.prompts) == 1
+
+
+def test_markdown_resume_redoes_a_result_cut_off_mid_write(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "dialogue": f"Doctor: item{i}."} for i in range(3)])
+    out = tmp_path / "notes.md"
+    assert run("summarize", src, "-o", out).exit_code == 0
+    whole = out.read_text()
+    assert whole.count("<!-- end -->") == 3
+    out.write_text(whole[: whole.index("summary of item2") + 9])  # killed inside the last summary
+    fake.prompts.clear()
+    result = run("summarize", src, "-o", out)
+    assert result.exit_code == 0 and "resuming: 2 already" in result.output and len(fake.prompts) == 1
+    assert out.read_text() == whole
+
+
+def test_a_hand_edited_markdown_marker_is_named(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}])
+    out = tmp_path / "notes.md"
+    assert run("summarize", src, "-o", out).exit_code == 0
+    out.write_text(out.read_text().replace('<!-- id: "1"', "<!-- id: 1b"))
+    result = run("summarize", src, "-o", out)
+    assert result.exit_code == 1 and f"{out}:1: not a result marker" in result.output
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}, {"id": "2", "dialogue": "Doctor: b."}])
+    out = tmp_path / "out.jsonl"
+    second = []
+
+    def reply(messages):
+        if not second:  # while the first run holds the output
+            second.append(run("summarize", src, "-o", out))
+        return "a summary"
+
+    fake.reply = reply
+    first = run("summarize", src, "-o", out)
+    assert first.exit_code == 0 and [r["id"] for r in lines(out)] == ["1", "2"]
+    assert second[0].exit_code == 1 and "being written by another run" in second[0].output
+    assert not (tmp_path / "out.jsonl.lock").exists()  # removed when the run ended
+
+
+def test_an_unpaired_unicode_escape_is_a_bad_record_not_a_crash(tmp_path, fake):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "1", "question": "What is this \\ud83d?"}\n{"id": "2", "question": "What is asthma?"}\n')
+    out = tmp_path / "answers.jsonl"
+    result = run("ask", "--input", src, "-o", out)
+    assert result.exit_code == 1
+    assert f"{src}:1: field 'question' holds half of a character" in result.output
+    assert [r["id"] for r in lines(out)] == ["2"]
 
 
 def test_best_of_sets_the_drafts_per_summary_and_is_part_of_the_run(tmp_path, fake):
