@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from click_default_group import DefaultGroup
 from rich.console import Console
+from rich.markup import escape
 
 from . import models as model_registry
 from .backends import BACKENDS, BackendError, CancelToken, GenerationOptions, load_backend
@@ -51,7 +52,7 @@ def log_options(f):
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     sys.exit(1)
 
 
@@ -64,9 +65,20 @@ def user_errors():
         fail(str(exc))
 
 
+def check_safety_config() -> None:
+    """Read the safety rules before any model loads, so a mistake in a clinic's override is
+    named at once rather than on the first emergency, half-way through a batch."""
+    from .safety.triage import SafetyConfigError, default_config
+
+    try:
+        default_config()
+    except SafetyConfigError as exc:
+        fail(str(exc))
+
+
 def open_backend(model, adapter, backend):
     with user_errors():
-        with err.status(f"loading {model or model_registry.DEFAULT_MODEL}..."):
+        with err.status(f"loading {escape(str(model or model_registry.DEFAULT_MODEL))}..."):
             return load_backend(model, backend=backend, adapter=adapter)
 
 
@@ -163,7 +175,7 @@ def chat(model, adapter, backend, max_tokens, temperature, seed, no_log, db):
     opts = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
     history: list[dict] = []
     session_id = None
-    err.print(f"[dim]{be.model_name} via {be.name}. Ctrl-C stops a reply, Ctrl-D quits.[/]")
+    err.print(f"[dim]{escape(be.model_name)} via {be.name}. Ctrl-C stops a reply, Ctrl-D quits.[/]")
     while True:
         try:
             question = click.prompt(click.style("you", fg="cyan", bold=True), prompt_suffix="> ")
@@ -214,6 +226,7 @@ def ask(question, input_path, output_path, id_column, text_column, overwrite, mo
         max_tokens, temperature, seed, no_log, db):
     """Answer a health question, streaming the answer; or a batch with --input/--output."""
     opts = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    check_safety_config()
     if input_path is not None:
         if question:
             fail("give either a QUESTION or --input, not both")
@@ -280,7 +293,7 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
         good = [r for r in records if isinstance(r, Record)]
         if errors:
             for e in errors:
-                err.print(f"[red]{e}[/]")
+                err.print(f"[red]{escape(str(e))}[/]")
             if not good:
                 sys.exit(1)
         if len(good) != 1:
@@ -355,7 +368,7 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
         todo = [r for r in records if r.id not in writer.done]
         skipped = len(records) - len(todo)
         if skipped:
-            err.print(f"[dim]resuming: {skipped} already in {output_path}[/]")
+            err.print(f"[dim]resuming: {skipped} already in {escape(str(output_path))}[/]")
         done = 0
         run = None
         token = CancelToken()
@@ -380,7 +393,7 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
     finally:
         writer.close()  # also releases the output's lock
     remaining = len(todo) - done
-    err.print(f"{done} written to {output_path}" + (f", {skipped} already there" if skipped else "")
+    err.print(f"{done} written to {escape(str(output_path))}" + (f", {skipped} already there" if skipped else "")
               + (f", {remaining} left (run again to resume)" if remaining and not errors else ""))
     if errors:
         _report_errors(errors)
@@ -433,7 +446,7 @@ def _process(task, todo, be, writer, store, run, opts, section, best_of, token, 
 def _report_errors(errors: list[RecordError]) -> None:
     err.print(f"[bold red]{len(errors)} record(s) failed:[/]")
     for e in errors:
-        err.print(f"  [red]{e}[/]")
+        err.print(f"  [red]{escape(str(e))}[/]")
 
 
 @cli.group(invoke_without_command=True)
@@ -501,12 +514,12 @@ def bench(what, model, tokens, repeats, skip_transformers):
             from .bench import run_bench
 
             result = run_bench(model, tokens, repeats, include_transformers=not skip_transformers,
-                               log=lambda m: err.print(f"[dim]{m}[/]"))
+                               log=lambda m: err.print(f"[dim]{escape(m)}[/]"))
         elif what == "best-of":
             from . import bench_best_of
 
             result = bench_best_of.run(open_backend(model, None, None), transcripts=repeats,
-                                       log=lambda m: err.print(f"[dim]{m}[/]"))
+                                       log=lambda m: err.print(f"[dim]{escape(m)}[/]"))
         else:
             from . import bench_logging
 

@@ -570,23 +570,33 @@ class Store:
             session["batch_runs"] = [_run_out(r) for r in self._runs.rows_where("session_id = ?", [sid], order_by="id")]
         return session
 
-    def search(self, query: str, limit: int = 20, mark: tuple[str, str] = ("**", "**")) -> list[dict]:
+    def search(self, query: str, limit: int = 20, mark: tuple[str, str] = ("**", "**"),
+               mode: str | None = None, per_session: bool = False) -> list[dict]:
+        """Best matches first. `mode` keeps one kind of session; `per_session` keeps each
+        session's best match only, so one long session cannot fill the whole `limit`."""
         match = fts_query(query)
         if not match:
             return []
-        sql = """
-            select m.id, m.session_id, m.role, m.created, m.status, s.title, s.mode,
-              snippet(messages_fts, 0, :open, :close, '…', 12) as snippet,
-              bm25(messages_fts) as rank
-            from messages_fts
-              join messages m on m.id = messages_fts.rowid
-              join sessions s on s.id = m.session_id
-            where messages_fts match :q
+        sql = f"""
+            with hits as (
+              select m.id, m.session_id, m.role, m.created, m.status, s.title, s.mode,
+                snippet(messages_fts, 0, :open, :close, '…', 12) as snippet,
+                bm25(messages_fts) as rank
+              from messages_fts
+                join messages m on m.id = messages_fts.rowid
+                join sessions s on s.id = m.session_id
+              where messages_fts match :q {"and s.mode = :mode" if mode else ""}
+            ), ranked as (
+              select *, row_number() over (partition by session_id order by rank, id) as nth from hits
+            )
+            select id, session_id, role, created, status, title, mode, snippet, rank from ranked
+            {"where nth = 1" if per_session else ""}
             order by rank
             limit :limit
         """
         with self._guard("searching"):
-            return list(self.db.query(sql, {"q": match, "open": mark[0], "close": mark[1], "limit": limit}))
+            return list(self.db.query(sql, {"q": match, "open": mark[0], "close": mark[1], "limit": limit,
+                                            "mode": mode}))
 
     def summary(self) -> dict:
         with self._guard("reading the summary"):

@@ -198,6 +198,35 @@ def test_an_unpaired_unicode_escape_is_a_bad_record_not_a_crash(tmp_path, fake):
     assert [r["id"] for r in lines(out)] == ["2"]
 
 
+def test_ask_names_a_broken_safety_config_before_loading_the_model(tmp_path, monkeypatch):
+    from assistant.safety.triage import default_config
+
+    loaded = []
+    monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: loaded.append(1) or FakeBackend())
+    cfg = tmp_path / "safety.toml"
+    cfg.write_text('[messages]\nemergency = "Call {emergency_number} now."\n')
+    monkeypatch.setenv("HEALTH_ASSISTANT_SAFETY_CONFIG", str(cfg))
+    default_config.cache_clear()
+    try:
+        src = tmp_path / "q.txt"
+        src.write_text("Is a cold contagious?\nMy chest hurts and my left arm is numb\n")
+        for args in (["ask", "--input", src, "-o", tmp_path / "a.jsonl"], ["ask", "Is a cold contagious?"]):
+            result = run(*args)
+            assert result.exit_code == 1 and f"{cfg}: [messages] emergency uses {{emergency_number}}" in result.output
+        assert not loaded and not (tmp_path / "a.jsonl").exists()
+    finally:
+        default_config.cache_clear()
+
+
+def test_paths_with_brackets_are_printed_as_they_are(tmp_path, fake):
+    folder = tmp_path / "visits [old]"
+    folder.mkdir()
+    src = write_jsonl(folder / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}, {"id": "1", "dialogue": "b"}])
+    result = run("summarize", src, "-o", folder / "o.jsonl")
+    assert f"{src}:2: duplicate id '1'" in result.output  # not read as console markup
+    assert f"written to {folder / 'o.jsonl'}" in result.output
+
+
 def test_best_of_sets_the_drafts_per_summary_and_is_part_of_the_run(tmp_path, fake):
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}, {"id": "2", "dialogue": "Doctor: b."}])
     out = tmp_path / "out.jsonl"

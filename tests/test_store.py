@@ -330,6 +330,19 @@ def test_search_finds_both_roles_ranked_with_snippets(store):
     assert store.search("knee ice")[0]["role"] == "assistant"  # all words must match
 
 
+def test_search_by_mode_and_one_best_hit_per_session(store):
+    sid, _ = store.start_batch("summarize", "visits.jsonl", None, "smollm2")
+    for i in range(30):  # a batch run: many matching messages, ranked above the chat's
+        store.add_batch_item(sid, f"fever fever fever visit {i}", f"fever summary {i}", model="smollm2", stats=STATS)
+    chat = chat_session(store, question="Is a fever of 38 bad?", answer="A fever of 38 is common.")
+    assert all(h["mode"] != "chat" for h in store.search("fever", limit=20))  # the chat hit is crowded out
+    hits = store.search("fever", limit=20, mode="chat")
+    assert {h["session_id"] for h in hits} == {chat} and len(hits) == 2
+    best = store.search("fever", limit=20, per_session=True)
+    assert sorted(h["session_id"] for h in best) == sorted([sid, chat])
+    assert best[0]["rank"] == min(h["rank"] for h in store.search("fever", limit=100))
+
+
 @pytest.mark.parametrize("query", ['"', 'knee"', '-knee', 'knee -', 'NOT', 'knee OR', '"un"balanced"', '*', '(knee',
                                   'knee:', 'col:knee', "'", '^', '', '   ', 'NEAR(knee', 'ü"ber'])
 def test_search_odd_punctuation_does_not_crash(store, query):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.safety import TriageResult, load_config, triage
+from assistant.safety import SafetyConfigError, TriageResult, load_config, triage
 from finetune.eval_triage import evaluate, load
 
 TESTS = Path(__file__).parent
@@ -132,6 +132,23 @@ def test_numbers_from_env(monkeypatch, tmp_path):
     cfg_file.write_text('[numbers]\ncrisis = "13 11 14"\n')
     monkeypatch.setenv("HEALTH_ASSISTANT_SAFETY_CONFIG", str(cfg_file))
     assert "13 11 14" in load_config().render("crisis")
+
+
+def test_a_clinic_override_with_a_mistake_is_named_when_loaded(tmp_path):
+    with pytest.raises(SafetyConfigError, match=r"missing\.toml: cannot read the safety config"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[numbers\nemergency = "112"\n')
+    with pytest.raises(SafetyConfigError, match=r"bad\.toml: not a valid safety config"):
+        load_config(bad)
+    # A placeholder that is not one of the numbers used to fail only on the first emergency.
+    bad.write_text('[messages]\nemergency = "Call {emergency_number} now."\n')
+    with pytest.raises(SafetyConfigError, match=r"bad\.toml: \[messages\] emergency uses \{emergency_number\}, "
+                                                r"which is not one of the \[numbers\]: .*emergency"):
+        load_config(bad)
+    bad.write_text('[messages]\ncrisis = "Call {emergency now."\n')
+    with pytest.raises(SafetyConfigError, match=r"\[messages\] crisis is not a valid template"):
+        load_config(bad)
 
 
 def test_message_says_how_to_change_numbers():

@@ -408,6 +408,65 @@ async def test_summarize_from_a_file(tmp_path):
         assert session["messages"][1]["content"] == SUMMARY
 
 
+async def test_a_file_path_that_cannot_be_loaded_is_never_summarized_as_text(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    backend = FakeBackend(SUMMARY)
+    app = make_app(tmp_path, backend)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await app.action_set_task("summarize")
+        app.query_one("#prompt", TextArea).load_text(str(empty))
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert any("holds no text" in n for n in notifications(app))
+        assert not app.turns and not backend.prompts and app.session_id is None
+        assert app.query_one("#prompt", TextArea).text == str(empty)  # left for the user to fix
+
+
+async def test_the_loaded_file_name_does_not_stick_to_other_text(tmp_path):
+    path = tmp_path / "visit.txt"
+    path.write_text(TRANSCRIPT)
+    app = make_app(tmp_path, FakeBackend(SUMMARY))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert await app.load_transcript(str(path))
+        other = "Doctor: Any allergies?\nPatient: Penicillin."
+        await send(pilot, other)  # the prompt was replaced before sending
+        session = app.store.get_session(app.session_id)
+        assert session["title"] != "Summary: visit.txt"
+        assert "source" not in session["messages"][0]["meta"]
+
+
+async def test_a_one_line_transcript_starting_with_a_tilde_is_sent(tmp_path):
+    backend = FakeBackend(SUMMARY)
+    app = make_app(tmp_path, backend)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await app.action_set_task("summarize")
+        await send(pilot, "~2 weeks of cough; patient reports night fever")
+        assert app.turns and app.turns[-1].status == "complete" and backend.prompts
+
+
+async def test_brackets_in_notifications_are_text_and_odd_paths_do_not_close_the_app(tmp_path):
+    app = make_app(tmp_path, FakeBackend("Rest."))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+o")
+        await wait_until(pilot, lambda: isinstance(app.screen, PromptScreen))
+        app.screen.query_one(Input).value = str(tmp_path / "notes[/]x [b].txt")
+        await pilot.press("enter")
+        await pilot.pause(0.2)  # the toast is drawn: markup in it used to raise MarkupError
+        assert any("notes[/]x [b].txt" in n for n in notifications(app))
+        await send(pilot, "Flu or cold?")
+        await pilot.press("f3")
+        await wait_until(pilot, lambda: isinstance(app.screen, PromptScreen))
+        app.screen.query_one(Input).value = "~no-such-user-here/flu.md"
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.is_running and any("Cannot export there" in str(n.title) for n in app._notifications)
+
+
 # --- safety -----------------------------------------------------------------------------
 
 

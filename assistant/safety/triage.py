@@ -98,13 +98,45 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+class SafetyConfigError(ValueError):
+    """The safety rules or a clinic's override cannot be used; the message names the file."""
+
+
 def load_config(path: str | os.PathLike | None = None) -> TriageConfig:
     """Shipped rules, overlaid with a user TOML (`path`, else $HEALTH_ASSISTANT_SAFETY_CONFIG),
-    then number env vars. A user file normally holds only [numbers] and maybe [messages]."""
+    then number env vars. A user file normally holds only [numbers] and maybe [messages].
+    Every message is rendered once here, so a mistake in an override is reported when the
+    program starts, not on the first emergency."""
     raw = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
     user = path or os.environ.get(ENV_CONFIG)
     if user:
-        raw = _merge(raw, tomllib.loads(Path(user).read_text(encoding="utf-8")))
+        try:
+            text = Path(user).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SafetyConfigError(f"{user}: cannot read the safety config: {why}") from exc
+        try:
+            raw = _merge(raw, tomllib.loads(text))
+        except tomllib.TOMLDecodeError as exc:
+            raise SafetyConfigError(f"{user}: not a valid safety config ({exc})") from exc
+    where = user or DEFAULT_CONFIG
+    try:
+        cfg = _build(raw)
+    except (KeyError, TypeError, re.error) as exc:
+        raise SafetyConfigError(f"{where}: not a valid safety config ({type(exc).__name__}: {exc})") from exc
+    for level in cfg.messages:
+        try:
+            cfg.render(level)
+        except KeyError as exc:
+            raise SafetyConfigError(f"{where}: [messages] {level} uses {{{exc.args[0]}}}, which is not one of "
+                                    f"the [numbers]: {', '.join(sorted(cfg.numbers))}") from exc
+        except (ValueError, IndexError, AttributeError) as exc:
+            raise SafetyConfigError(f"{where}: [messages] {level} is not a valid template ({exc}); "
+                                    "write a literal brace as {{ or }}") from exc
+    return cfg
+
+
+def _build(raw: dict) -> TriageConfig:
     numbers = dict(raw["numbers"])
     for key, env in ENV_NUMBERS.items():
         if os.environ.get(env):

@@ -26,6 +26,7 @@ from rich.text import Text
 from textual import events, work
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.notifications import SeverityLevel
 from textual.widgets import Footer, Input, Label, ListView, TextArea
 
 from .. import tasks
@@ -267,7 +268,9 @@ class HealthAssistantApp(App[int]):
         self.session_title: str | None = None
         self.turns: list[Turn] = []
         self.job: Job | None = None
-        self._transcript_source: str | None = None
+        # (file name, text) of the transcript last loaded into the prompt: the name is the
+        # source of what is sent only while the prompt still holds that text.
+        self._loaded_transcript: tuple[str, str] | None = None
 
     # --- set-up ------------------------------------------------------------------
 
@@ -413,6 +416,12 @@ class HealthAssistantApp(App[int]):
 
     # --- errors -------------------------------------------------------------------
 
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Notifications carry file paths, questions and error text, where a "[/" is data: read
+        as markup it closed the app with a MarkupError."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
     def report_error(self, what: str, exc: BaseException | str) -> None:
         detail = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
         if isinstance(exc, BaseException):
@@ -488,12 +497,9 @@ class HealthAssistantApp(App[int]):
         query = self.query_one("#search", Input).value.strip()
         rows: list[SessionRow] = []
         if query:
-            hits = self._db("searching", self.store.search, query, limit=100, mark=MARK) if self.store else None
-            seen: set[str] = set()
+            hits = self._db("searching", self.store.search, query, limit=100, mark=MARK, mode=self._store_mode,
+                            per_session=True) if self.store else None
             for h in hits or []:
-                if h.get("mode") != self._store_mode or h["session_id"] in seen:
-                    continue
-                seen.add(h["session_id"])
                 rows.append(SessionRow(h["session_id"], h.get("title") or "Untitled", h.get("snippet")))
         else:
             sessions = self._db("listing sessions", self.store.list_sessions, limit=200,
@@ -558,7 +564,7 @@ class HealthAssistantApp(App[int]):
         self.session_id = None
         self.session_title = None
         self.turns = []
-        self._transcript_source = None
+        self._loaded_transcript = None
         if task:
             self.task_mode = task
         await self.chat.remove_children()
@@ -571,12 +577,18 @@ class HealthAssistantApp(App[int]):
     def _ensure_session(self, text: str) -> str | None:
         if self.session_id is not None or self.store is None:
             return self.session_id
-        title = session_title(text, self.task_mode, self._transcript_source)
+        title = session_title(text, self.task_mode, self._source_of(text))
         sid = self._db("creating a session", self.store.new_session, self._store_mode, self.model_name, title)
         if sid is not None:
             self.session_id, self.session_title = sid, title
             self._refresh_chrome()
         return sid
+
+    def _source_of(self, text: str) -> str | None:
+        """The file `text` was loaded from, unless the prompt has been changed since."""
+        if self._loaded_transcript and self._loaded_transcript[1].strip() == text.strip():
+            return self._loaded_transcript[0]
+        return None
 
     def _session_title_of(self, session_id: str) -> str:
         if session_id == self.session_id and self.session_title:
@@ -598,7 +610,7 @@ class HealthAssistantApp(App[int]):
         try:
             result = self._triage(text)
         except Exception as exc:  # noqa: BLE001 - a broken rule file must not block the answer
-            log.exception("triage failed")
+            self.report_error("Safety check failed: this message got no safety banner", exc)
             return "none", None, {"triage_error": str(exc)}
         level = getattr(result, "level", "none") or "none"
         meta: dict = {"triage": level}
@@ -622,8 +634,10 @@ class HealthAssistantApp(App[int]):
                         "Paste a transcript or open a file (ctrl+o) first.", severity="warning", timeout=3)
             return
         if self.task_mode == SUMMARIZE and "\n" not in text and _looks_like_path(text):
-            if await self.load_transcript(text):
-                return  # loaded into the prompt for review; ctrl+s again summarizes it
+            # Loaded into the prompt for review (ctrl+s again summarizes it); a file that cannot
+            # be used is reported and its path stays in the prompt, never summarized as text.
+            await self.load_transcript(text)
+            return
         prompt.clear()
         await self.submit(text)
 
@@ -640,8 +654,8 @@ class HealthAssistantApp(App[int]):
             user_meta.update(triage_meta)
             if level in URGENT_LEVELS:
                 turn.banner = (level, message)
-        elif self._transcript_source:
-            user_meta["source"] = self._transcript_source
+        elif self._source_of(text):
+            user_meta["source"] = self._source_of(text)
         sid = self._ensure_session(text)
         if sid is not None:
             turn.user_id = self._db("saving your message", self.store.add_message, sid, "user", text,
@@ -651,7 +665,7 @@ class HealthAssistantApp(App[int]):
         if turn.banner:
             await self.chat.mount(Banner(*turn.banner))
         self.turns.append(turn)
-        self._transcript_source = None
+        self._loaded_transcript = None
         await self._start_reply(turn)
         if sid is not None:
             await self.refresh_sessions()
@@ -969,10 +983,15 @@ class HealthAssistantApp(App[int]):
         def done(path: str | None) -> None:
             if not path or not path.strip():
                 return
-            dest = Path(path.strip()).expanduser()
-            if dest.is_dir():
+            try:
+                dest = Path(path.strip()).expanduser()
+                is_dir, exists = dest.is_dir(), dest.exists()
+            except (OSError, RuntimeError) as exc:  # RuntimeError: "~name" of no such user
+                self.report_error("Cannot export there", exc)
+                return
+            if is_dir:
                 self.notify(f"{dest} is a folder: give a file name", severity="error", timeout=5)
-            elif dest.exists():
+            elif exists:
                 self.push_screen(ConfirmScreen(f"{dest} exists. Replace it?"),
                                  lambda yes: write(dest) if yes else None)
             else:
@@ -1012,8 +1031,9 @@ class HealthAssistantApp(App[int]):
     @guarded("Cannot open the file")
     async def load_transcript(self, path: str) -> bool:
         """Put a transcript file's text into the prompt (switching to Summarize)."""
-        p = Path(path).expanduser()
+        p = Path(path)
         try:
+            p = p.expanduser()
             if not p.is_file():
                 self.notify(f"No such file: {p}", severity="error", timeout=5)
                 return False
@@ -1021,7 +1041,7 @@ class HealthAssistantApp(App[int]):
                 self.notify(f"{p} is too large for a transcript", severity="error", timeout=5)
                 return False
             text = _read_transcript(p)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: "~name" of no such user
             self.report_error(f"Cannot read {p}", exc)
             return False
         if not text.strip():
@@ -1030,7 +1050,7 @@ class HealthAssistantApp(App[int]):
         await self.action_set_task(SUMMARIZE)
         if self.task_mode != SUMMARIZE:
             return False
-        self._transcript_source = p.name
+        self._loaded_transcript = (p.name, text)
         prompt = self.query_one("#prompt", TextArea)
         prompt.load_text(text)
         prompt.focus()
@@ -1120,7 +1140,7 @@ def _looks_like_path(text: str) -> bool:
         return False
     try:
         return Path(text).expanduser().is_file()
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: "~name" of no such user
         return False
 
 
