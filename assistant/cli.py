@@ -24,6 +24,9 @@ from .tasks import (ANSWER_MAX_TOKENS, SUMMARY_BEST_OF, SUMMARY_MAX_TOKENS, SUMM
                     summarize, summary_drafts, summary_options)
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+# The shell's status for a command stopped by Ctrl-C (128 + SIGINT): `summarize visit.txt >
+# note.txt` stopped half-way must not look like a finished note.
+EXIT_CANCELLED = 130
 
 
 def model_options(f):
@@ -255,6 +258,8 @@ def ask(question, input_path, output_path, id_column, text_column, overwrite, mo
     _print_sources(result)
     click.echo()
     _print_stats(result.stats)
+    if result.cancelled:  # what was printed is not the whole answer: say so to a script
+        sys.exit(EXIT_CANCELLED)
 
 
 @cli.command(name="summarize")
@@ -326,7 +331,7 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
                                            **result.meta})
                 store.finish_batch(run_id, {"done": 1}, "cancelled" if result.cancelled else "complete")
         _print_stats(result.stats)
-        sys.exit(1 if errors else 0)
+        sys.exit(EXIT_CANCELLED if result.cancelled else 1 if errors else 0)
     sys.exit(_run_batch("summarize", list(inputs), output_path, overwrite, model, adapter, backend, opts,
                         columns, section=section, store=open_log(db, no_log), best_of=best_of))
 

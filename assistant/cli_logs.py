@@ -27,7 +27,13 @@ class _LogsGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if not args or (args[0].startswith("-") and args[0] != "--help"):
-            args = ["list", *args]
+            # Options first, as in `logs --db FILE show ID`: the subcommand goes before them.
+            name = next((a for a in args if a in self.commands), None)
+            if name is None:
+                args = ["list", *args]
+            else:
+                i = args.index(name)
+                args = [name, *args[:i], *args[i + 1:]]
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
@@ -175,6 +181,8 @@ def export(db_path, session_ids, all_, fmt, output):
     if output is None:
         click.echo(text, nl=False)
         return
+    if store_mod.holds_sqlite(output):  # above all the log itself, gone if written over
+        raise StoreError(f"{output}: is a SQLite database; refusing to write the export over it")
     try:
         write_private(output, text)
     except OSError as e:

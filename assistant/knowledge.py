@@ -174,7 +174,8 @@ class KnowledgeBase:
             except OSError as exc:
                 raise KnowledgeError(f"cannot write the knowledge-base index to {self.db_path.parent}: "
                                      f"{exc.strerror} (set XDG_CACHE_HOME to a writable folder)") from exc
-        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, check_same_thread=False)
+        # as_uri escapes "#", "?" and "%", which in a bare file: URI would cut the path short.
+        con = sqlite3.connect(self.db_path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
         try:
             # Reading through mmap skips copying pages into SQLite's own small cache: ~1.5x faster queries.
             con.execute("PRAGMA mmap_size = 268435456")

@@ -174,6 +174,21 @@ def _read_header(path: Path) -> bytes:
         return f.read(len(_SQLITE_HEADER))
 
 
+def holds_sqlite(path: Path) -> bool:
+    """Whether `path` is a SQLite database or one of its side files (journal, WAL, shared
+    memory): what an export or any other text must never be written over."""
+    path = Path(path)
+    candidates = [path] + [path.with_name(path.name[: -len(suffix)]) for suffix in ("-wal", "-shm", "-journal")
+                           if path.name.endswith(suffix)]
+    for p in candidates:
+        try:
+            if p.is_file() and _read_header(p) == _SQLITE_HEADER:
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def _create_private(path: Path) -> None:
     """Create an empty file readable by the owner only, before SQLite opens it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

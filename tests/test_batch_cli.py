@@ -565,3 +565,18 @@ def test_a_single_summary_stopped_before_its_merge_still_prints_the_part_summari
                              for i in range(120)))
     result = run("summarize", src)
     assert "part summary\npart summary" in result.output
+    assert result.exit_code == 130  # stopped: what was printed is not the whole summary
+
+
+def test_a_stopped_single_answer_exits_as_stopped(monkeypatch):
+    real_answer = cli_module.answer
+
+    def stopped(*args, **kwargs):  # as if Ctrl-C came before the first token
+        kwargs["cancel"].cancel()
+        return real_answer(*args, **kwargs)
+
+    monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: FakeBackend())
+    monkeypatch.setattr(cli_module, "answer", stopped)
+    assert run("ask", "Is a cold contagious?").exit_code == 130
+    monkeypatch.setattr(cli_module, "answer", real_answer)
+    assert run("ask", "Is a cold contagious?").exit_code == 0

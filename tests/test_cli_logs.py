@@ -153,6 +153,19 @@ def test_export_file_is_private(db, filled, tmp_path):
     assert oct(out.stat().st_mode & 0o777) == "0o600"
 
 
+def test_an_export_is_never_written_over_a_database(db, filled, tmp_path):
+    for target in (db, db.with_name(db.name + "-wal")):
+        r = CliRunner().invoke(logs, ["export", "--all", "--db", str(db), "-o", str(target)])
+        assert r.exit_code == 1 and "is a SQLite database; refusing" in r.stderr
+    assert run("show", "--db", db, filled["a"]).exit_code == 0  # the log is intact
+
+
+def test_options_may_come_before_the_subcommand(db, filled):
+    r = run("--db", db, "show", filled["a"])
+    assert r.exit_code == 0 and filled["a"] in r.output
+    assert run("--db", db).exit_code == 0  # only options: list
+
+
 @pytest.mark.parametrize("command", [["show", "x"], ["search", "x"], ["export", "--all"], ["delete", "x", "--yes"],
                                      ["rename", "x", "t"], ["backup", "copy.db"]])
 def test_a_mistyped_db_is_an_error_and_is_not_created(tmp_path, command):

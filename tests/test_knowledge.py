@@ -185,6 +185,14 @@ def test_cache_dir_follows_xdg(tmp_path, monkeypatch):
     kb.close()
 
 
+def test_a_cache_path_with_uri_characters_works_and_writes_nowhere_else(tmp_path):
+    cache = tmp_path / "c#1 ?x %20"
+    kb = KnowledgeBase(write_kb(tmp_path / "kb.jsonl.gz"), cache_dir=cache)
+    assert kb.search("glaucoma") and kb.db_path.parent == cache
+    kb.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["kb.jsonl.gz", cache.name])
+
+
 def test_chunking_respects_sentences_and_size():
     sentence = "This sentence has exactly eight words in it."
     parts = chunk("  ".join([sentence] * 60))  # 480 words
