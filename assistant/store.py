@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -133,6 +134,9 @@ def new_id() -> str:
     return "".join(_CROCKFORD[(n >> shift) & 31] for shift in range(125, -1, -5))
 
 
+_ULID = re.compile(f"[{_CROCKFORD}]{{26}}")
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -174,19 +178,41 @@ def _read_header(path: Path) -> bytes:
         return f.read(len(_SQLITE_HEADER))
 
 
+def _side_file_of(path: Path) -> Path | None:
+    """The SQLite database whose journal, WAL or shared-memory file `path` is, if any."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        if path.name.endswith(suffix):
+            base = path.with_name(path.name[: -len(suffix)])
+            try:
+                if base.is_file() and _read_header(base) == _SQLITE_HEADER:
+                    return base
+            except OSError:
+                pass
+    return None
+
+
+def _is_log(path: Path) -> bool:
+    """Whether a SQLite file is one of ours (it has the migrations table)."""
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            return conn.execute("select 1 from sqlite_master where name = '_migrations'").fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+
+
 def holds_sqlite(path: Path) -> bool:
     """Whether `path` is a SQLite database or one of its side files (journal, WAL, shared
     memory): what an export or any other text must never be written over."""
     path = Path(path)
-    candidates = [path] + [path.with_name(path.name[: -len(suffix)]) for suffix in ("-wal", "-shm", "-journal")
-                           if path.name.endswith(suffix)]
-    for p in candidates:
-        try:
-            if p.is_file() and _read_header(p) == _SQLITE_HEADER:
-                return True
-        except OSError:
-            pass
-    return False
+    if _side_file_of(path) is not None:
+        return True
+    try:
+        return path.is_file() and _read_header(path) == _SQLITE_HEADER
+    except OSError:
+        return False
 
 
 def _create_private(path: Path) -> None:
@@ -387,6 +413,8 @@ class Store:
             p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not p.exists():
                 _create_private(p)
+            elif p.stat().st_size == 0:  # an empty file made beforehand (touch): it is about to hold the log
+                os.chmod(p, 0o600)
         except FileExistsError:
             pass  # another process created it between our check and open
         except OSError as e:
@@ -452,8 +480,11 @@ class Store:
         """Accept a full id or a unique prefix of one (friendlier at the command line)."""
         if self.db.execute("select 1 from sessions where id = ?", [session_id]).fetchone():
             return session_id
-        prefix = session_id.replace("%", "").replace("_", "")
-        rows = list(self.db.query("select id from sessions where id like ? || '%' limit 2", [prefix]))
+        # A prefix stands for one of our own long ids only (an imported "visit-1" that is gone
+        # must not turn into "visit-10"), compared plainly: LIKE would ignore case and read "_"
+        # and "%" as wildcards.
+        rows = [r for r in self.db.query("select id from sessions where substr(id, 1, length(:p)) = :p limit 3",
+                                         {"p": session_id}) if _ULID.fullmatch(r["id"])][:2]
         if len(rows) == 1:
             return rows[0]["id"]
         if not rows:
@@ -535,8 +566,8 @@ class Store:
 
     def start_batch(self, task: str, input_path: str, output_path: str | None, model: str | None) -> tuple[str, int]:
         title = f"{task}: {Path(input_path).name}"
-        sid = self.new_session("batch", model, title=title)
-        with self._guard("recording a batch run"):
+        with self._write("recording a batch run"):  # both or neither: no empty batch session left behind
+            sid = self.new_session("batch", model, title=title)
             run_id = self._runs.insert(
                 {
                     "session_id": sid,
@@ -618,7 +649,9 @@ class Store:
             row = self.db.execute(
                 "select (select count(*) from sessions), (select count(*) from messages)"
             ).fetchone()
-        return {"sessions": row[0], "messages": row[1], "size_bytes": self.path.stat().st_size}
+        wal = self.path.with_name(self.path.name + "-wal")  # recent writes live there until a checkpoint
+        size = self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        return {"sessions": row[0], "messages": row[1], "size_bytes": size}
 
     def rename_session(self, session_id: str, title: str) -> None:
         with self._guard("renaming a session"):
@@ -666,9 +699,17 @@ class Store:
     def vacuum(self) -> None:
         """Reclaim space and rewrite the file, so deleted text is gone from disk too."""
         with self._guard("vacuuming"):
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._checkpoint()
             self.db.vacuum()
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        # A checkpoint that another process's open read blocks returns busy = 1 rather than
+        # failing, and deleted text would stay in the WAL file while "vacuumed" is reported.
+        busy = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            raise StoreError(f"{self.path}: another program is reading the log, so deleted text may still be on "
+                             "disk; close it (the app, another `assistant logs`) and run the vacuum again")
 
     # -- export / import / backup
 
@@ -693,8 +734,8 @@ class Store:
         else:
             try:
                 doc = json.loads(Path(source).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise StoreError(f"{source}: cannot read the export: {e}") from e
+            except (OSError, ValueError, RecursionError) as e:
+                raise StoreError(f"{source}: cannot read the export: {e!r}"[:500]) from e
         name = source if not isinstance(source, dict) else "import"
         if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("sessions"), list):
             raise StoreError(f"{name}: not a health-assistant logs export")
@@ -710,7 +751,9 @@ class Store:
                     if self.db.execute("select 1 from sessions where id = ?", [s["id"]]).fetchone():
                         counts["skipped"] += 1
                         continue
-                    self._sessions.insert({k: s.get(k) for k in session_cols} | {"archived": int(s.get("archived") or 0)})
+                    self._sessions.insert({k: s.get(k) for k in session_cols}
+                                          | {"archived": int(s.get("archived") or 0),
+                                             "created": _utc(s["created"]), "updated": _utc(s["updated"])})
                     rows = [_message_in(s["id"], m) for m in s.get("messages", [])]
                     # Messages get new ids here, so a regenerated reply's link to the one it
                     # replaced is carried over to the new id.
@@ -732,12 +775,19 @@ class Store:
         dest = Path(dest).expanduser()
         if dest.exists() and dest.resolve() == self.path.resolve():
             raise StoreError(f"{dest}: the backup cannot overwrite the database itself")
-        if dest.is_file() and dest.stat().st_size and _read_header(dest) != _SQLITE_HEADER:
-            raise StoreError(f"{dest}: exists and is not a SQLite database; refusing to overwrite it")
+        base = _side_file_of(dest)
+        if base is not None:
+            raise StoreError(f"{dest}: is a side file of the database {base}; refusing to write a backup there")
+        if dest.is_file() and dest.stat().st_size:
+            if _read_header(dest) != _SQLITE_HEADER:
+                raise StoreError(f"{dest}: exists and is not a SQLite database; refusing to overwrite it")
+            if not _is_log(dest):
+                raise StoreError(f"{dest}: is another program's SQLite database; refusing to overwrite it")
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.exists():
                 _create_private(dest)
+            os.chmod(dest, 0o600)  # a file that was there already may have been readable by all
         except OSError as e:
             raise StoreError(f"{dest}: cannot create the backup: {e.strerror}") from e
         with self._lock:
@@ -855,6 +905,40 @@ def _is_iso(value) -> bool:
     return True
 
 
+def _utc(value: str | None) -> str | None:
+    """An imported date in the store's own form (UTC, microseconds): dates are compared as
+    text, so "2025-03-01T20:00:00-08:00" or "20250101T120000" stored as given would sort
+    wrongly and `delete --before` would remove newer messages and keep older ones. A date
+    with no zone is local time, as `--before` reads one."""
+    return None if value is None else _iso(datetime.fromisoformat(value))
+
+
+_TEXT_FIELDS = ("title", "model")
+_MESSAGE_TEXT = ("content", "model")
+_COUNTS = ("prompt_tokens", "completion_tokens")
+_SECONDS = ("ttft_s", "duration_s")
+
+
+def _text_problem(value, key: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"field '{key}' must be a string or null"
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        return f"field '{key}' holds half of a character (an unpaired \\u escape)"
+    return None
+
+
+def _number_problem(value, key: str, integer: bool) -> str | None:
+    if value is None:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) \
+            or not 0 <= value < 2 ** 63:
+        return f"field '{key}' must be a non-negative {'whole ' if integer else ''}number or null, not {value!r}"
+    return None
+
+
 def _import_problem(s) -> str | None:
     """What makes one exported session unfit to import (None when it is fine): the rows it
     would write are ones every command can read back."""
@@ -868,6 +952,12 @@ def _import_problem(s) -> str | None:
     for key in ("created", "updated"):
         if not _is_iso(s.get(key)):
             return f"{where}field '{key}' must be an ISO date and time, not {s.get(key)!r}"
+    if s.get("archived") not in (None, True, False, 0, 1):
+        return f"{where}field 'archived' must be true or false, not {s.get('archived')!r}"
+    for key in _TEXT_FIELDS:
+        problem = _text_problem(s.get(key), key)
+        if problem:
+            return where + problem
     messages = s.get("messages", [])
     if not isinstance(messages, list):
         return f"{where}field 'messages' must be a list"
@@ -880,12 +970,37 @@ def _import_problem(s) -> str | None:
             return f"{where}message {j + 1}: field 'created' must be an ISO date and time, not {m.get('created')!r}"
         if m.get("status", "complete") not in STATUSES:
             return f"{where}message {j + 1}: field 'status' must be one of {', '.join(STATUSES)}"
+        problems = [_text_problem(m.get(k), k) for k in (*_MESSAGE_TEXT, "role")]
+        problems += [_number_problem(m.get(k), k, integer=True) for k in _COUNTS]
+        problems += [_number_problem(m.get(k), k, integer=False) for k in _SECONDS]
+        problems += [f"field '{k}' must be an object or null" for k in ("meta", "options")
+                     if m.get(k) is not None and not isinstance(m[k], dict)]
+        problem = next((p for p in problems if p), None)
+        if problem:
+            return f"{where}message {j + 1}: {problem}"
+    runs = s.get("batch_runs", [])
+    if not isinstance(runs, list):
+        return f"{where}field 'batch_runs' must be a list"
+    for j, r in enumerate(runs):
+        if not isinstance(r, dict):
+            return f"{where}batch run {j + 1}: not a JSON object"
+        if not isinstance(r.get("task"), str) or not r["task"]:
+            return f"{where}batch run {j + 1}: field 'task' must be a non-empty string"
+        if not _is_iso(r.get("started")) or (r.get("finished") is not None and not _is_iso(r["finished"])):
+            return f"{where}batch run {j + 1}: fields 'started' and 'finished' must be ISO dates and times"
+        if not isinstance(r.get("status"), str) or not r["status"]:
+            return f"{where}batch run {j + 1}: field 'status' must be a non-empty string"
+        problem = next((p for p in (_text_problem(r.get(k), k) for k in ("input_path", "output_path", "model"))
+                        if p), None)
+        if problem:
+            return f"{where}batch run {j + 1}: {problem}"
     return None
 
 
 def _message_in(session_id: str, m: dict) -> dict:
     cols = ("role", "content", "created", "model", "prompt_tokens", "completion_tokens", "ttft_s", "duration_s", "status")
     return {k: m.get(k) for k in cols} | {
+        "created": _utc(m["created"]),
         "session_id": session_id,
         "content": m.get("content") or "",
         "status": m.get("status") or "complete",
@@ -896,7 +1011,8 @@ def _message_in(session_id: str, m: dict) -> dict:
 
 def _run_in(session_id: str, r: dict) -> dict:
     cols = ("task", "input_path", "output_path", "model", "started", "finished", "status")
-    return {k: r.get(k) for k in cols} | {"session_id": session_id, "counts": _dumps(r.get("counts"))}
+    return {k: r.get(k) for k in cols} | {"session_id": session_id, "counts": _dumps(r.get("counts")),
+                                          "started": _utc(r["started"]), "finished": _utc(r.get("finished"))}
 
 
 def message_notes(messages: list[dict]) -> dict[int, list[str]]:

@@ -196,6 +196,15 @@ def test_import_checks_every_session_before_writing_any(db, filled, tmp_path):
         ({**good, "id": "y", "created": "2024"}, "session 2: (id y) field 'created' must be an ISO date and time"),
         ({**good, "id": "y", "mode": "party"}, "field 'mode' must be one of chat, kiosk, batch"),
         ({**good, "id": "y", "messages": [{"role": "user", "created": "yesterday"}]}, "message 1: field 'created'"),
+        ({**good, "id": "y", "archived": "yes"}, "field 'archived' must be true or false"),
+        ({**good, "id": "y", "title": "\ud800"}, "field 'title' holds half of a character"),
+        ({**good, "id": "y", "messages": [{**good["messages"][0], "prompt_tokens": 2 ** 70}]},
+         "message 1: field 'prompt_tokens' must be a non-negative whole number"),
+        ({**good, "id": "y", "messages": [{**good["messages"][0], "duration_s": float("nan")}]},
+         "message 1: field 'duration_s' must be a non-negative number"),
+        ({**good, "id": "y", "messages": [{**good["messages"][0], "meta": "x"}]}, "field 'meta' must be an object"),
+        ({**good, "id": "y", "batch_runs": ["x"]}, "batch run 1: not a JSON object"),
+        ({**good, "id": "y", "batch_runs": [{}]}, "batch run 1: field 'task' must be a non-empty string"),
     ]:
         path = tmp_path / "in.json"
         path.write_text(json.dumps({"format": "health-assistant-logs", "sessions": [good, bad]}))

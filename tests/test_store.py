@@ -612,6 +612,75 @@ def test_session_deleted_while_reply_streams(store):
     assert store.list_sessions() == []
 
 
+def test_imported_dates_are_stored_in_utc_so_delete_before_is_right(store):
+    def session(sid, when):
+        return {"id": sid, "mode": "chat", "created": when, "updated": when,
+                "messages": [{"role": "user", "content": sid, "created": when}],
+                "batch_runs": [{"task": "qa", "started": when, "status": "complete"}]}
+
+    store.import_json({"format": "health-assistant-logs", "sessions": [
+        session("later", "2025-03-01T20:00:00-08:00"),  # 04:00 UTC on 2 March
+        session("older", "20250101T120000+00:00"),
+    ]})
+    got = {s["id"]: s for s in (store.get_session(i) for i in ("later", "older"))}
+    assert got["later"]["created"] == "2025-03-02T04:00:00.000000+00:00"
+    assert got["later"]["messages"][0]["created"] == got["later"]["created"]
+    assert got["later"]["batch_runs"][0]["started"] == got["later"]["created"]
+    assert got["older"]["updated"] == "2025-01-01T12:00:00.000000+00:00"
+    store.delete_before(datetime.fromisoformat("2025-03-02T00:00:00+00:00"))
+    assert [s["id"] for s in store.list_sessions()] == ["later"]
+
+
+def test_a_session_id_prefix_is_literal_and_case_sensitive(store):
+    def session(sid):
+        return {"id": sid, "mode": "chat", "created": "2025-01-01T00:00:00+00:00",
+                "updated": "2025-01-01T00:00:00+00:00", "messages": []}
+
+    store.import_json({"format": "health-assistant-logs", "sessions": [session(i) for i in ("visit-1", "visit-10", "A_B")]})
+    store.delete_session("visit-1")
+    with pytest.raises(SessionNotFound):
+        store.delete_session("visit-1")  # used to fall back to a prefix and delete visit-10
+    assert store.get_session("visit-10")
+    with pytest.raises(SessionNotFound):
+        store.get_session("a_")  # "_" was a wildcard and the case was ignored
+    with pytest.raises(SessionNotFound):
+        store.get_session("A_")  # a prefix stands only for the assistant's own long ids
+    own = chat_session(store)
+    assert store.get_session(own[:8])["id"] == own
+    with pytest.raises(SessionNotFound):
+        store.get_session(own[:8].upper())
+
+
+def test_vacuum_says_when_a_reader_keeps_deleted_text_on_disk(store, db_path):
+    sid = chat_session(store, question="secret wombat")
+    reader = sqlite3.connect(db_path)
+    reader.execute("begin")
+    reader.execute("select count(*) from messages").fetchone()  # an open read holds the WAL
+    store.delete_session(sid)
+    store.db.execute("PRAGMA busy_timeout = 100")  # the check, not the wait, is under test
+    with pytest.raises(StoreError, match="another program is reading the log"):
+        store.vacuum()
+    reader.close()
+    store.vacuum()
+    assert not any(b"wombat" in p.read_bytes() for p in db_path.parent.glob("logs.db*"))
+
+
+def test_backup_is_private_and_never_lands_on_a_side_file_or_another_database(store, db_path, tmp_path):
+    chat_session(store)
+    old = tmp_path / "old.db"
+    store.backup(old)
+    old.chmod(0o644)
+    store.backup(old)  # a backup again over an earlier one is fine, and private again
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    with pytest.raises(StoreError, match="side file of the database"):
+        store.backup(db_path.with_name(db_path.name + "-wal"))
+    other = tmp_path / "patients.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("create table patients (id integer primary key)")
+    with pytest.raises(StoreError, match="another program's SQLite database"):
+        store.backup(other)
+
+
 def test_backup_refuses_to_overwrite_a_non_database(store, tmp_path):
     precious = tmp_path / "thesis.txt"
     precious.write_text("years of work")
