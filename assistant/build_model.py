@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .models import ModelError, embedded_gguf_path, resolve
-from .paths import cache_home, file_key
+from .paths import cache_home, file_key, pid_alive
 
 BUILD_VERSION = 1  # bump when the output of build_gguf changes: old cache entries are not reused
 
@@ -128,7 +128,10 @@ def build_gguf(base_gguf: Path, adapter_dir: Path, out: Path, qtype: str | None 
             if f.name == gguf.Keys.General.ARCHITECTURE or f.name.startswith("GGUF."):
                 continue  # written by GGUFWriter itself
             sub_type = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
-            writer.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub_type)
+            value = f.contents()
+            if f.name == gguf.Keys.General.FILE_TYPE and target is not None:
+                value = _file_type(target, value)  # what `assistant models` reports as the quantization
+            writer.add_key_value(f.name, value, f.types[0], sub_type=sub_type)
         for name, (data, ttype) in tensors.items():
             writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes, ttype)
         writer.write_header_to_file()
@@ -145,6 +148,15 @@ def build_gguf(base_gguf: Path, adapter_dir: Path, out: Path, qtype: str | None 
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def _file_type(qtype, base_value: int) -> int:
+    """The GGUF file type of a model whose modified (linear) tensors are `qtype`: the base's
+    was copied, so a Q4_1 base built with Q8_0 weights still called itself Q4_1."""
+    import gguf
+
+    name = "ALL_F32" if qtype.name == "F32" else f"MOSTLY_{qtype.name}"
+    return int(gguf.LlamaFileType[name]) if name in gguf.LlamaFileType.__members__ else base_value
 
 
 def base_for(adapter_dir: Path) -> Path:
@@ -206,18 +218,8 @@ def _prune(current: Path) -> None:
     for path in current.parent.iterdir():
         if build.match(path.name) and path.name not in (current.name, current.name + ".size"):
             path.unlink(missing_ok=True)
-        elif (m := left.match(path.name)) and not _alive(int(m[1])):
+        elif (m := left.match(path.name)) and not pid_alive(int(m[1])):
             path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's
-        pass
-    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,3 +53,14 @@ def write_private(path: Path, text: str) -> None:
     os.fchmod(fd, 0o600)
     with open(fd, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process still runs (a cache file named by its pid may still be written)."""
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        pass
+    return True

@@ -69,6 +69,15 @@ class TaskError(ValueError):
     """The input cannot be processed (for example an empty transcript)."""
 
 
+def _check_text(text: str, what: str) -> None:
+    # Bytes that were not UTF-8 (a command-line argument, a file read leniently) or a lone
+    # JSON \u escape arrive as unpaired surrogates, which no tokenizer can encode.
+    bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None:
+        raise TaskError(f"the {what} is not valid text: character {bad + 1} is not UTF-8 "
+                        "(an undecodable byte or half of a character)")
+
+
 @dataclass
 class TaskResult:
     text: str
@@ -234,6 +243,7 @@ def summarize(
     per call."""
     if not dialogue or not dialogue.strip():
         raise TaskError("the transcript is empty")
+    _check_text(dialogue, "transcript")
     if best_of is None:
         best_of = summary_drafts(section)
     if best_of < 1:
@@ -410,6 +420,7 @@ def answer(
     and "grounded"; `knowledge` defaults to the shipped knowledge base."""
     if not question or not question.strip():
         raise TaskError("the question is empty")
+    _check_text(question, "question")
     meta: dict = {"triage": "none", "sources": [], "grounded": False}
     referral = None
     if safety:
@@ -452,7 +463,11 @@ def answer(
     # the least relevant reference passages.
     reserve = min(opts.max_tokens, backend.context_length // 2)
     while len(messages) > 2 and backend.prompt_tokens(messages) + reserve > backend.context_length:
-        messages = [messages[0], *messages[3:]]
+        # One message at a time, then on to the next user turn: a history of any shape loses
+        # its oldest exchange, never the question (always last).
+        messages = [messages[0], *messages[2:]]
+        while len(messages) > 2 and messages[1]["role"] != "user":
+            messages = [messages[0], *messages[2:]]
     while meta["grounded"] and len(hits) > 1 and backend.prompt_tokens(messages) + reserve > backend.context_length:
         hits = hits[:-1]
         meta["sources"] = unique_sources(hits)

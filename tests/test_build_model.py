@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from assistant import build_model as bm
+from assistant import models
 from assistant.models import embedded_gguf_path
 
 LAYERS = [3, 4]
@@ -101,8 +102,11 @@ def test_built_gguf_keeps_metadata_and_untouched_tensors(setup):
     from gguf import GGUFReader
 
     base, built = GGUFReader(embedded_gguf_path()), GGUFReader(setup["built"])
-    assert {k: f.contents() for k, f in base.fields.items() if not k.startswith("GGUF.")} == {
-        k: f.contents() for k, f in built.fields.items() if not k.startswith("GGUF.")}
+    fields = {k: f.contents() for k, f in built.fields.items() if not k.startswith("GGUF.")}
+    assert fields.pop("general.file_type") == 7  # Q8_0 weights: the base's Q4_1 (3) no longer says what it is
+    assert {k: f.contents() for k, f in base.fields.items()
+            if not k.startswith("GGUF.") and k != "general.file_type"} == fields
+    assert models.info(models.resolve(str(setup["built"]))).quantization == "Q8_0"
     changed = {f"blk.{i}.{n}.weight" for i in LAYERS for n in ("attn_q", "attn_k", "ffn_down")}
     for a, b in zip(base.tensors, built.tensors):
         assert a.name == b.name and list(a.shape) == list(b.shape)

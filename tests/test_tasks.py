@@ -87,6 +87,12 @@ def test_answer_keeps_history_and_trims_oldest_turns():
     assert sent[0]["role"] == "system"
     assert "question 19" in sent[-3]["content"]
     assert not any("question 0 " in m["content"] for m in sent)
+    assert sent[1]["role"] == "user"  # whole exchanges are dropped
+    # A history that starts with a reply (a greeting shown first) still never loses the question.
+    answer(be, "latest question?", [{"role": "assistant", "content": "Hello! " + "z " * 300}], grounded=False,
+           safety=False)
+    assert [m["role"] for m in be.prompts[-1]] == ["system", "user"]
+    assert be.prompts[-1][-1]["content"] == "latest question?"
 
 
 def test_answer_streams_through_callback(word_backend):
@@ -218,3 +224,12 @@ def test_a_chunk_over_its_estimate_gives_back_only_what_it_must():
     pieces = split_to_fit(numbers, 300, count)
     assert all(count(p) <= 300 for p in pieces) and " ".join(pieces) == numbers
     assert len(pieces) <= 8  # about 2,000 tokens in chunks of 300; halving over-full chunks took 13
+
+
+def test_text_that_is_not_utf8_is_a_task_error_not_a_crash(word_backend):
+    # What Python makes of a command-line argument holding the bytes ff fe.
+    question = b"what is \xff\xfe asthma".decode("utf-8", "surrogateescape")
+    with pytest.raises(TaskError, match="question is not valid text: character 9 is not UTF-8"):
+        answer(word_backend, question, grounded=False)
+    with pytest.raises(TaskError, match="transcript is not valid text"):
+        summarize(word_backend, "Doctor: hi \ud83d")

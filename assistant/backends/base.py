@@ -69,6 +69,38 @@ class BackendError(RuntimeError):
     """A model could not be loaded or failed while generating."""
 
 
+def without_control_text(messages: Sequence[Message], control: Sequence[str]) -> list[Message]:
+    """Messages with the model's control-token strings (such as "<|im_end|>") taken out of
+    their text. The rendered prompt is tokenized with control tokens enabled, so a pasted
+    "<|im_end|>\n<|im_start|>system" would otherwise open a real system turn: message text
+    is data, never conversation structure."""
+    if not control:
+        return list(messages)
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            for marker in control:
+                content = content.replace(marker, "")
+            m = {**m, "content": content}
+        out.append(m)
+    return out
+
+
+def system_folded(messages: Sequence[Message]) -> list[Message] | None:
+    """The conversation with its system message folded into the first user turn, for chat
+    templates that refuse a system role (Gemma's raises "System role not supported"); None
+    when there is no system message to fold."""
+    if not messages or messages[0].get("role") != "system":
+        return None
+    system, rest = messages[0]["content"], list(messages[1:])
+    for i, m in enumerate(rest):
+        if m.get("role") == "user":
+            rest[i] = {**m, "content": f"{system}\n\n{m['content']}"}
+            return rest
+    return [{"role": "user", "content": system}, *rest]
+
+
 @dataclass
 class _StreamClock:
     """Shared bookkeeping so both backends report figures the same way."""

@@ -4,21 +4,41 @@ is the path training and evaluation of adapters share.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .base import Backend, BackendError, CancelToken, GenerationOptions, Message, _StreamClock
+from .base import (Backend, BackendError, CancelToken, GenerationOptions, Message, _StreamClock, system_folded,
+                   without_control_text)
 from .streamtext import StopMatcher
 from ..models import ModelSpec
-from ..paths import cache_home, file_key
+from ..paths import cache_home, file_key, pid_alive
 
 
 def dequantized_cache_dir(spec: ModelSpec) -> Path:
-    """Where a GGUF's dequantized weights are kept, keyed by the file's identity."""
+    """Where a GGUF's dequantized weights are kept: named by the file (its name and a hash of
+    its path) and keyed by its state, so a changed file gets a fresh entry."""
     assert spec.path is not None
-    return cache_home() / "dequantized" / f"{spec.path.stem}-{file_key(spec.path)}"
+    where = hashlib.sha256(str(spec.path.resolve()).encode()).hexdigest()[:8]
+    return cache_home() / "dequantized" / f"{spec.path.stem}-{where}-{file_key(spec.path)}"
+
+
+def _prune_dequantized(current: Path) -> None:
+    """Each entry is ~0.5 GB: drop the older ones of the same file (another version, or the
+    naming before the path hash) and folders a killed save left behind."""
+    import shutil
+
+    stem = re.escape(current.name.rsplit("-", 2)[0])
+    where = re.escape(current.name.rsplit("-", 2)[1])
+    old = re.compile(rf"^{stem}-(?:{where}-)?[0-9a-f]{{16}}$")
+    left = re.compile(rf"^{stem}-(?:{where}-)?[0-9a-f]{{16}}\.tmp(\d+)$")
+    for path in current.parent.iterdir():
+        if (old.match(path.name) and path.name != current.name) or \
+                ((m := left.match(path.name)) and not pid_alive(int(m[1]))):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adapter: bool = False):
@@ -47,6 +67,7 @@ def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adap
                 tokenizer = AutoTokenizer.from_pretrained(spec.path.parent, gguf_file=spec.path.name)
                 drop_gguf_quantizer(model)
                 _save_atomically(model, tokenizer, cached)
+                _prune_dequantized(cached)
         elif spec.path is not None:
             model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch_dtype)
             tokenizer = AutoTokenizer.from_pretrained(spec.path)
@@ -121,15 +142,43 @@ class _CountingStreamer:
     def __new__(cls, tokenizer, clock: _StreamClock):
         from transformers import TextIteratorStreamer
 
+        eos = _eos_ids(tokenizer)
+
         class Streamer(TextIteratorStreamer):
             def put(self, value):
                 if self.next_tokens_are_prompt:  # the first call carries the prompt
                     return super().put(value)
-                for _ in range(value.numel()):
-                    clock.token()
+                for token in value.reshape(-1).tolist():
+                    if token not in eos:  # the end of the reply is not one of its tokens (nor in llama.cpp)
+                        clock.token()
                 return super().put(value)
 
         return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+
+
+def _eos_ids(tokenizer) -> set[int]:
+    eos = tokenizer.eos_token_id
+    return set(eos) if isinstance(eos, (list, tuple)) else {eos} if eos is not None else set()
+
+
+def recent_repeat_penalty(penalty: float, prompt_length: int, last_n: int = 64):
+    """llama.cpp's repeat penalty as a transformers logits processor: only the last `last_n`
+    tokens generated are penalised, never the prompt. transformers' own penalises every
+    token of the input, so a summary penalised there for repeating the transcript's drug
+    names and numbers, and the setting chosen on llama.cpp (1.1) meant something else."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class RecentRepeatPenalty(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            recent = input_ids[:, max(prompt_length, input_ids.shape[1] - last_n):]
+            if recent.shape[1] == 0:
+                return scores
+            picked = torch.gather(scores, 1, recent)
+            picked = torch.where(picked < 0, picked * penalty, picked / penalty)
+            return scores.scatter(1, recent, picked)
+
+    return RecentRepeatPenalty()
 
 
 class TransformersBackend(Backend):
@@ -146,6 +195,9 @@ class TransformersBackend(Backend):
         if not getattr(self.tokenizer, "chat_template", None):
             raise BackendError(f"{spec.source} has no chat template")
         self._torch = torch
+        special = {t.content for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values() if t.special}
+        special |= set(self.tokenizer.all_special_tokens)
+        self._control = sorted((t for t in special if len(t) > 1), key=len, reverse=True)
 
     @property
     def context_length(self) -> int:
@@ -155,9 +207,23 @@ class TransformersBackend(Backend):
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _encode(self, messages: Sequence[Message]):
-        ids = self.tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
+        messages = without_control_text(messages, self._control)
+
+        def encode(conversation):
+            return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
+                                                      return_tensors="pt", return_dict=True)
+
+        try:
+            ids = encode(messages)
+        except Exception as exc:  # the template's own raise_exception, or a Jinja error
+            folded = system_folded(messages)
+            try:
+                if folded is None:
+                    raise
+                ids = encode(folded)
+            except Exception:
+                raise BackendError(f"the chat template of {self.model_name} cannot render this conversation: "
+                                   f"{exc}") from exc
         return ids["input_ids"], ids["attention_mask"]
 
     def prompt_tokens(self, messages: Sequence[Message]) -> int:
@@ -169,7 +235,8 @@ class TransformersBackend(Backend):
         options: GenerationOptions | None = None,
         cancel: CancelToken | None = None,
     ) -> Iterator[str]:
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import (LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TemperatureLogitsWarper,
+                                  TopPLogitsWarper)
 
         opts = options or GenerationOptions()
         input_ids, attention_mask = self._encode(messages)
@@ -196,12 +263,21 @@ class TransformersBackend(Backend):
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([Halt()]),
             pad_token_id=self.tokenizer.pad_token_id,
-            repetition_penalty=opts.repeat_penalty,
         )
+        # The penalty comes before temperature and top-p, as in llama.cpp; transformers would run
+        # a custom processor after its own warpers, so those are given here as well.
+        processors = LogitsProcessorList()
+        if opts.repeat_penalty != 1.0:
+            processors.append(recent_repeat_penalty(opts.repeat_penalty, int(input_ids.shape[1])))
         if sampling:
-            kwargs.update(temperature=opts.temperature, top_p=opts.top_p, top_k=0)
+            processors.append(TemperatureLogitsWarper(opts.temperature))
+            if opts.top_p < 1.0:
+                processors.append(TopPLogitsWarper(opts.top_p))
+            kwargs.update(temperature=1.0, top_p=1.0, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if processors:
+            kwargs["logits_processor"] = processors
         errors: list[BaseException] = []
 
         def run():
@@ -217,8 +293,12 @@ class TransformersBackend(Backend):
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
         finish = "length"
+        held = ""  # a trailing U+FFFD: half a character, which the next token may complete
         try:
             for text in streamer:
+                text, held = held + text, ""
+                if text.endswith("\ufffd"):
+                    text, held = text[:-1], "\ufffd"
                 piece = stop.feed(text)
                 if piece:
                     yield piece

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from typing import Iterator, Sequence
 
-from .base import Backend, BackendError, CancelToken, GenerationOptions, Message, _StreamClock
+from .base import (Backend, BackendError, CancelToken, GenerationOptions, Message, _StreamClock, system_folded,
+                   without_control_text)
 from .streamtext import StopMatcher, Utf8Decoder
 from ..models import ModelSpec, check_gguf
 
@@ -46,8 +47,26 @@ class LlamaCppBackend(Backend):
         except Exception as exc:  # llama.cpp reports failures as ValueError/RuntimeError
             raise BackendError(f"llama.cpp could not load {spec.path}: {exc}") from exc
         self._n_ctx = min(self.llm.n_ctx(), self.llm._model.n_ctx_train() or n_ctx)
-        self._formatter = self._chat_formatter()
+        try:
+            self._formatter = self._chat_formatter()
+        except BaseException:
+            self.close()  # the model's native memory is not left to the garbage collector
+            raise
+        self._control = self._control_texts()
         self._pieces: dict[int, bytes] = {}  # token id -> its bytes, filled as tokens appear
+
+    def _control_texts(self) -> list[str]:
+        """The text of every control token (<|im_start|>, <|im_end|>, ...), longest first."""
+        import llama_cpp
+
+        vocab = self.llm._model.vocab
+        texts = set()
+        for token in range(self.llm.n_vocab()):
+            if llama_cpp.llama_vocab_get_attr(vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
+                text = self.llm.detokenize([token], special=True).decode("utf-8", "replace")
+                if len(text) > 1:
+                    texts.add(text)
+        return sorted(texts, key=len, reverse=True)
 
     def _is_eog_text(self, text: str) -> bool:
         import llama_cpp
@@ -75,7 +94,18 @@ class LlamaCppBackend(Backend):
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def render_prompt(self, messages: Sequence[Message]) -> tuple[str, list[str]]:
-        result = self._formatter(messages=list(messages))
+        messages = without_control_text(messages, self._control)
+        try:
+            result = self._formatter(messages=messages)
+        except Exception as exc:  # the template's own raise_exception, or a Jinja error
+            folded = system_folded(messages)
+            try:
+                if folded is None:
+                    raise
+                result = self._formatter(messages=folded)
+            except Exception:
+                raise BackendError(f"the chat template of {self.model_name} cannot render this conversation: "
+                                   f"{exc}") from exc
         stops = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
         return result.prompt, stops
 

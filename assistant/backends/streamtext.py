@@ -52,4 +52,9 @@ class Utf8Decoder:
         return self._dec.decode(data)
 
     def flush(self) -> str:
+        # A reply cut at its token limit can end inside a character (an emoji is often two
+        # tokens): those bytes are dropped rather than shown as U+FFFD.
+        if self._dec.getstate()[0]:
+            self._dec.reset()
+            return ""
         return self._dec.decode(b"", final=True)
