@@ -32,7 +32,7 @@ import numpy as np
 from .models import ModelError, embedded_gguf_path, resolve
 from .paths import cache_home, file_key, pid_alive
 
-BUILD_VERSION = 1  # bump when the output of build_gguf changes: old cache entries are not reused
+BUILD_VERSION = 2  # bump when the output of build_gguf changes: old cache entries are not reused
 
 HF_TO_GGUF = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",

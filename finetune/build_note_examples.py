@@ -12,19 +12,26 @@ Only the prepared *train* split is used, whose dialogues prepare_data has alread
 checked against valid and test. MTS-Dialog also reuses some notes across splits
 with different dialogues (66 of its 500 held-out notes are word for word in
 training, mostly stock lines such as "None."); those notes are left out here, so
-that choosing a draft never means matching an evaluation reference.
+that choosing a draft never means matching an evaluation reference. "The same note"
+means the same words as ROUGE reads them (lower case, punctuation dropped), so
+"Otherwise, negative." goes with a held-out "Otherwise negative.".
 """
 from __future__ import annotations
 
 import argparse
 import gzip
 import json
+import re
 from pathlib import Path
 
 from .jsonl import iter_jsonl
-from .sources import norm
-
 FILE_NAME = "mts_dialog_notes.jsonl.gz"
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def same_words(note: str) -> str:
+    """A note as ROUGE's tokenizer reads it."""
+    return " ".join(_WORD.findall(note.lower()))
 
 
 def mts_rows(path: Path):
@@ -42,12 +49,12 @@ def mts_rows(path: Path):
 def collect(train_jsonl: Path, held_out: list[Path] = ()) -> tuple[list[dict], int]:
     """The notes of `train_jsonl`, less those that are a reference in `held_out`,
     and how many were left out."""
-    excluded = {norm(note) for path in held_out for _, _, note in mts_rows(path)}
+    excluded = {same_words(note) for path in held_out for _, _, note in mts_rows(path)}
     notes: dict[tuple[str, str], dict] = {}
     dropped = set()
     for dialogue, section, note in mts_rows(train_jsonl):
-        if norm(note) in excluded:
-            dropped.add(norm(note))
+        if same_words(note) in excluded:
+            dropped.add(same_words(note))
             continue
         entry = notes.setdefault((section, note), {"section": section, "note": note, "dialogues": []})
         if dialogue not in entry["dialogues"]:

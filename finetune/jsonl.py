@@ -8,8 +8,12 @@ from typing import Iterator
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; ValueError 'path:line: ...' on a bad one."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not valid UTF-8 (byte {exc.start + 1})") from None
             if not line.strip():
                 continue
             try:

@@ -178,6 +178,16 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
         raise ValueError(f"config key train.min_lr_ratio must be between 0 and 1, not {cfg['train']['min_lr_ratio']}")
     if cfg["train"]["warmup_steps"] < 0:
         raise ValueError(f"config key train.warmup_steps must not be negative, not {cfg['train']['warmup_steps']}")
+    # clip_grad_norm_ to 0 zeroes every gradient: training would run and learn nothing.
+    if not cfg["train"]["grad_clip"] > 0:
+        raise ValueError(f"config key train.grad_clip must be above 0, not {cfg['train']['grad_clip']}")
+    for key in ("weight_decay", "batch_tokens"):
+        if cfg["train"][key] < 0:
+            raise ValueError(f"config key train.{key} must not be negative, not {cfg['train'][key]}")
+    betas = cfg["train"]["betas"]
+    if not (isinstance(betas, list) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"config key train.betas must be two numbers in [0, 1), not {betas!r}")
     return cfg
 
 
@@ -214,6 +224,12 @@ def add_lora(model, lora: dict, init_adapter: str | Path = ""):
         if theirs.get("r") != lora["r"] or set(theirs.get("target_modules") or []) != set(lora["target_modules"]):
             raise SystemExit(f"model.init_adapter: {src} has r={theirs.get('r')} on {theirs.get('target_modules')}, "
                              f"the recipe r={lora['r']} on {list(lora['target_modules'])}")
+        # The weights only mean what they were trained to with the same scaling (alpha / r, or
+        # alpha / sqrt(r) with rsLoRA): another alpha would silently continue a different model.
+        if theirs.get("lora_alpha") != lora["alpha"] or bool(theirs.get("use_rslora")) != bool(lora["use_rslora"]):
+            raise SystemExit(f"model.init_adapter: {src} has lora_alpha={theirs.get('lora_alpha')}, "
+                             f"use_rslora={bool(theirs.get('use_rslora'))}; the recipe alpha={lora['alpha']}, "
+                             f"use_rslora={bool(lora['use_rslora'])}")
         result = set_peft_model_state_dict(model, load_file(str(src / "adapter_model.safetensors")))
         if result.unexpected_keys:
             raise SystemExit(f"model.init_adapter: {src} holds weights this model lacks: {result.unexpected_keys[:3]}")
@@ -252,9 +268,12 @@ def read_jsonl(path: str | Path | list) -> list[dict]:
     try:
         for n, row in iter_jsonl(path):
             messages = row.get("messages")
-            if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) \
+            if not isinstance(messages, list) or len(messages) < 2 or not isinstance(messages[-1], dict) \
                     or messages[-1].get("role") != "assistant":
-                raise SystemExit(f"{path}:{n}: field 'messages' must be a chat ending with the assistant's answer")
+                raise SystemExit(f"{path}:{n}: field 'messages' must be a chat of a prompt and the assistant's answer")
+            for i, m in enumerate(messages):
+                if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                    raise SystemExit(f"{path}:{n}: field messages[{i}] must have a string 'role' and 'content'")
             rows.append(row)
     except OSError as exc:
         raise SystemExit(f"{path}: cannot read the data: {exc.strerror}") from None

@@ -98,12 +98,14 @@ def test_build_groups_dialogues_by_note_and_reads_only_mts_dialog(tmp_path):
         row("mts-dialog", "Doctor: a", "CC", "Cough."),  # an exact duplicate adds nothing
         row("meqsum", "not a dialogue", "CC", "Question?"),
         row("mts-dialog", "Doctor: b", "CC", "None."),
+        row("mts-dialog", "Doctor: c", "ROS", "Otherwise, negative."),
     ]) + "\n")
     test = tmp_path / "test.jsonl"
-    test.write_text(json.dumps(row("mts-dialog", "Doctor: another visit", "CC", "none. ")) + "\n")
+    test.write_text(json.dumps(row("mts-dialog", "Doctor: another visit", "CC", "none. ")) + "\n"
+                    + json.dumps(row("mts-dialog", "Doctor: one more", "ROS", "Otherwise negative")) + "\n")
     notes, dropped = build_note_examples.collect(train, [test])
     assert notes == [{"section": "CC", "note": "Cough.", "dialogues": ["Doctor: a", "Doctor: a, back-translated"]}]
-    assert dropped == 1  # "None." is a held-out reference (case and spacing aside)
+    assert dropped == 2  # held-out references as ROUGE reads them (case and punctuation aside)
     path = build_note_examples.write(notes, tmp_path / "out")
     assert NoteExamples.load(path).similar("Doctor: a", "CC") == ["Cough."]
     assert path.read_bytes() == build_note_examples.write(notes, tmp_path / "again").read_bytes()

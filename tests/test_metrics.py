@@ -29,6 +29,14 @@ def test_rouge_is_a_per_example_mean_with_stemming():
     assert s["rouge1"] == pytest.approx((50 + 100) / 2)
 
 
+def test_the_mediqa_chat_setting_neither_stems_nor_splits_sentences():
+    # MEDIQA-Chat's script: Hugging Face evaluate's rouge with its defaults (no stemmer).
+    s = metrics.rouge(["the cat sat down", "coughing"], ["the cat ran away", "cough"])
+    assert s["mediqa_rouge1"] == pytest.approx((50 + 0) / 2)
+    s = metrics.rouge(["b c. a b."], ["a b. b c."])
+    assert s["mediqa_rougeLsum"] == pytest.approx(s["mediqa_rougeL"]) and s["mediqa_rougeL"] < 100
+
+
 def test_rouge_lsum_splits_sentences():
     assert metrics.sentences_per_line("No fever. No rash!\nDenies pain.") == "No fever.\nNo rash!\nDenies pain."
     # Summary-level LCS over sentences: order of the sentences does not matter, unlike ROUGE-L.

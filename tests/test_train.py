@@ -92,6 +92,9 @@ def test_configs_parse():
     ('[data.mix]\nalpha = { cap = 2.5 }', "data.mix.alpha.cap must be a whole number >= 0"),
     ('[data.mix]\nalpha = 3', "data.mix.alpha must be a table"),
     ('[data\nmix = 1', "not valid TOML"),
+    ('[train]\ngrad_clip = 0.0', "train.grad_clip must be above 0, not 0.0"),
+    ('[train]\nweight_decay = -0.5', "train.weight_decay must not be negative"),
+    ('[train]\nbetas = [0.9]', "train.betas must be two numbers in"),
 ])
 def test_recipe_mistakes_are_named_before_anything_loads(tmp_path, toml, problem):
     path = tmp_path / "bad.toml"
@@ -127,7 +130,14 @@ def test_bad_training_data_names_file_and_line(tmp_path):
     with pytest.raises(SystemExit, match=f"{path}:2: malformed JSON"):
         T.read_jsonl(path)
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "messages": good["messages"][:1]}) + "\n")
-    with pytest.raises(SystemExit, match=f"{path}:2: field 'messages' must be a chat ending with the assistant"):
+    with pytest.raises(SystemExit, match=f"{path}:2: field 'messages' must be a chat of a prompt and the assistant"):
+        T.read_jsonl(path)
+    no_content = [{"role": "user"}, good["messages"][1]]
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "messages": no_content}) + "\n")
+    with pytest.raises(SystemExit, match=rf"{path}:2: field messages\[0\] must have a string 'role' and 'content'"):
+        T.read_jsonl(path)
+    path.write_bytes(json.dumps(good).encode() + b"\n" + b'{"source": "\xff"}\n')
+    with pytest.raises(SystemExit, match=f"{path}:2: not valid UTF-8"):
         T.read_jsonl(path)
     with pytest.raises(SystemExit, match="missing.jsonl: cannot read the data"):
         T.read_jsonl(tmp_path / "missing.jsonl")
@@ -281,6 +291,10 @@ def test_continued_run_starts_from_the_given_adapter(tiny_model_dir, data_dir, t
     cfg["lora"] = {**cfg["lora"], "r": 8}
     with pytest.raises(SystemExit, match="r=4 on .* the recipe r=8"):
         T.train(cfg, tmp_path / "third", progress=False)
+    cfg["lora"] = {**cfg["lora"], "r": 4, "alpha": cfg["lora"]["alpha"] * 2}  # same shape, another scaling
+    with pytest.raises(SystemExit, match="lora_alpha=.* the recipe alpha="):
+        T.train(cfg, tmp_path / "third", progress=False)
+    cfg["lora"] = {**cfg["lora"], "alpha": cfg["lora"]["alpha"] // 2}
     cfg["model"]["init_adapter"] = str(tmp_path)
     with pytest.raises(SystemExit, match="not a PEFT adapter directory"):
         T.train(cfg, tmp_path / "fourth", progress=False)

@@ -146,6 +146,12 @@ def test_a_clinic_override_with_a_mistake_is_named_when_loaded(tmp_path):
     with pytest.raises(SafetyConfigError, match=r"bad\.toml: \[messages\] emergency uses \{emergency_number\}, "
                                                 r"which is not one of the \[numbers\]: .*emergency"):
         load_config(bad)
+    bad.write_text('[numbers]\nemergnecy = "112"\n')  # misspelt: 911 would stay in every message
+    with pytest.raises(SafetyConfigError, match=r"unknown key 'emergnecy' in \[numbers\] \(known: .*emergency"):
+        load_config(bad)
+    bad.write_text('[number]\nemergency = "112"\n')
+    with pytest.raises(SafetyConfigError, match=r"unknown table \[number\]"):
+        load_config(bad)
     bad.write_text('[messages]\ncrisis = "Call {emergency now."\n')
     with pytest.raises(SafetyConfigError, match=r"\[messages\] crisis is not a valid template"):
         load_config(bad)

@@ -116,9 +116,13 @@ def load_config(path: str | os.PathLike | None = None) -> TriageConfig:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise SafetyConfigError(f"{user}: cannot read the safety config: {why}") from exc
         try:
-            raw = _merge(raw, tomllib.loads(text))
+            override = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SafetyConfigError(f"{user}: not a valid safety config ({exc})") from exc
+        unknown = _unknown_keys(raw, override)
+        if unknown:  # a misspelt number would leave the default one in every emergency message
+            raise SafetyConfigError(f"{user}: unknown {unknown}")
+        raw = _merge(raw, override)
     where = user or DEFAULT_CONFIG
     try:
         cfg = _build(raw)
@@ -134,6 +138,18 @@ def load_config(path: str | os.PathLike | None = None) -> TriageConfig:
             raise SafetyConfigError(f"{where}: [messages] {level} is not a valid template ({exc}); "
                                     "write a literal brace as {{ or }}") from exc
     return cfg
+
+
+def _unknown_keys(shipped: dict, override: dict) -> str | None:
+    """The first table or key of an override that the shipped rules do not have, described."""
+    for table, value in override.items():
+        if table not in shipped:
+            return f"table [{table}] (known: {', '.join(f'[{t}]' for t in shipped)})"
+        if isinstance(value, dict) and isinstance(shipped[table], dict) and table in ("numbers", "messages"):
+            extra = sorted(set(value) - set(shipped[table]))
+            if extra:
+                return f"key '{extra[0]}' in [{table}] (known: {', '.join(shipped[table])})"
+    return None
 
 
 def _build(raw: dict) -> TriageConfig:
