@@ -14,7 +14,7 @@ before the rules saw it; the first run of each batch is the honest estimate:
 | 1 (22, before any rule) | 8/8 | 3/4 (a planned overdose read as emergency) | 0/10 |
 | 2 (30) | 7/10 (paraphrased chest pain, "4 weeks" infant, chest tight + lip swelling) | 4/4 | 0/16 |
 | 3 (24) | 8/9 ("heavy feeling in my chest") | 2/4 ("don't see the point in living", "want it all to end") | 0/11 |
-| 4 (18, a reviewer's probes aimed at gaps) | 0/6 (a count of tablets, vomiting blood, stabbed, chest pain "right now") | 0/7 (a method: hang, shoot, jump; "thoughts of suicide"; "kil") | 5/5 ("tired of living with eczema", speech trouble since a stroke, choking "sometimes") |
+| 4 (18 adversarial probes aimed at gaps) | 0/6 (a count of tablets, vomiting blood, stabbed, chest pain "right now") | 0/7 (a method: hang, shoot, jump; "thoughts of suicide"; "kil") | 5/5 ("tired of living with eczema", speech trouble since a stroke, choking "sometimes") |
 | 5 (24, written before batch 4's fixes, run once after them) | 5/9 (coughing up a lot of blood, hit by a car, a cut that spurts, pills taken twice) | 1/6 (stockpiled pills, a rope, a car into a wall, "nobody would miss me", burning oneself) | 0/9 |
 | 1-3 and 5 (unseen) | 28/36 = 78 % | 10/18 = 56 % | 0/46 |
 

@@ -44,8 +44,8 @@ VISIT_SUITES = {"aci-visit": "aci", "aci-visit-valid": "aci-valid"}
 # Suites whose summaries are of MTS-Dialog sections, which get several drafts by default.
 MTS_SUITES = ("mts-test1", "mts-test2", "mts-valid")
 SUITES = GENERATION_SUITES + ("ppl",)
-PROMPT_STYLES = ("runtime", "issue-baseline")
-# The prompt of the issue's baseline (R1 13.9 / R2 4.1 / RL 11.1 on test1): raw section
+PROMPT_STYLES = ("runtime", "baseline")
+# The prompt of the reference baseline (R1 13.9 / R2 4.1 / RL 11.1 on test1): raw section
 # code, no system prompt, so the chat template's default system prompt applies.
 ISSUE_BASELINE = "Summarize the following doctor-patient conversation as the '{section}' section of a clinical note.\n\n{dialogue}"
 
@@ -136,7 +136,7 @@ def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions
     with what else the app reports (the sources an answer cites)."""
     inputs = record["meta"]["inputs"]
     if record["task"] == "summarize" and record["source"] != "dialogsum":
-        if style == "issue-baseline":
+        if style == "baseline":
             prompt = ISSUE_BASELINE.format(section=inputs["section"], dialogue=inputs["dialogue"].strip())
             return _stream(backend, [{"role": "user", "content": prompt}], opts), {}
         # The app's decoding settings; a value given here is how the app's default is chosen.
@@ -354,8 +354,8 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     unknown = set(suites) - set(SUITES)
     if unknown:
         raise SystemExit(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
-    if args.prompt_style == "issue-baseline" and set(suites) & set(VISIT_SUITES):
-        raise SystemExit("the issue-baseline prompt names a section, and whole visits have none: "
+    if args.prompt_style == "baseline" and set(suites) & set(VISIT_SUITES):
+        raise SystemExit("the baseline prompt names a section, and whole visits have none: "
                          f"run {', '.join(sorted(set(suites) & set(VISIT_SUITES)))} with --prompt-style runtime")
     data = Path(args.data)
     spec = None if backend is not None else resolve(args.model, adapter=args.adapter)
@@ -373,8 +373,8 @@ def evaluate(args, backend: Backend | None = None) -> dict:
         inner = load_backend(spec, backend=args.backend, **_thread_options(spec, args))
         print(f"loaded {inner.model_name} on {inner.name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     recorder = StatsRecorder(inner) if inner is not None else None
-    # The issue's baseline prompt is the raw model's, one greedy draft.
-    best_of = 1 if args.prompt_style == "issue-baseline" else args.best_of
+    # The baseline prompt is the raw model's, one greedy draft.
+    best_of = 1 if args.prompt_style == "baseline" else args.best_of
     summary = SummaryDecoding(repeat_penalty=args.repeat_penalty, best_of=best_of)
     results: dict[str, dict] = {}
     with out.with_suffix(".predictions.jsonl").open("w", encoding="utf-8") as predictions:
@@ -463,7 +463,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"drafts per summary, the best one kept (default: the app's, {tasks.SUMMARY_BEST_OF} for "
                         "MTS-Dialog sections and 1 for others; 1: greedy only); sweep it on validation suites only")
     p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="runtime",
-                   help="issue-baseline: the issue's raw prompt for summaries (section code, no system prompt)")
+                   help="baseline: the reference baseline's raw prompt for summaries (section code, no system prompt)")
     p.add_argument("--threads", type=int, help="CPU threads for decoding (default: all cores)")
     p.add_argument("--summary", help="Markdown table to update (default: summary.md next to --out)")
     return p

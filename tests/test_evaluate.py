@@ -230,20 +230,20 @@ def test_summary_rows_are_updated_by_label(data, tmp_path):
     assert "0.0 / 0.0 / 0.0" in rows[0]  # a's rerun, now with mts-test2
 
 
-def test_limit_and_issue_baseline_prompt(data, tmp_path):
+def test_limit_and_baseline_prompt(data, tmp_path):
     out = tmp_path / "eval" / "base.json"
-    result, backend = _run(data, out, "--suites", "mts-test1", "--limit", "1", "--prompt-style", "issue-baseline")
+    result, backend = _run(data, out, "--suites", "mts-test1", "--limit", "1", "--prompt-style", "baseline")
     assert result["limited"] and result["limit"] == 1 and result["suites"]["mts-test1"]["n"] == 1
-    assert result["label"].endswith("issue-baseline-limit1")
+    assert result["label"].endswith("baseline-limit1")
     (prompt,) = backend.prompts
     assert prompt == [{"role": "user", "content": "Summarize the following doctor-patient conversation as the 'CC' "
                        "section of a clinical note.\n\nDoctor: Any pain?\nPatient: My knee hurts."}]
     assert result["decoding"]["greedy"] and result["decoding"]["summary_best_of"] == 1
 
 
-def test_issue_baseline_prompt_is_refused_for_whole_visits(data, tmp_path):
+def test_baseline_prompt_is_refused_for_whole_visits(data, tmp_path):
     with pytest.raises(SystemExit, match="aci-visit-valid with --prompt-style runtime"):
-        _run(data, tmp_path / "x.json", "--suites", "aci-visit-valid", "--prompt-style", "issue-baseline")
+        _run(data, tmp_path / "x.json", "--suites", "aci-visit-valid", "--prompt-style", "baseline")
     assert not (tmp_path / "x.json").exists()
 
 

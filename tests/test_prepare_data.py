@@ -43,6 +43,9 @@ def _mts(root: Path) -> None:
     # The known trap: train 4 is valid 0 and train 5 is test1 0, up to case and spacing.
     train[4]["dialogue"] = "Doctor: Any allergies?\nPatient: No."
     train[5]["dialogue"] = "Doctor: Do you smoke?\nPatient: Never."
+    # And a near copy of test2 0, commas apart, which the exact check lets through.
+    train.append({"ID": "6", "section_header": "CC", "section_text": "Rash.",
+                  "dialogue": "Doctor: So, what happened to you today?\nPatient: A rash, on my arm."})
     _csv(d / "Main-Dataset/MTS-Dialog-TrainingSet.csv", train)
     _csv(d / "Main-Dataset/MTS-Dialog-ValidationSet.csv", [
         {"ID": "0", "section_header": "ALLERGY", "section_text": "None.", "dialogue": "doctor: any  allergies? \nPatient: no."},
@@ -51,7 +54,8 @@ def _mts(root: Path) -> None:
         {"ID": "0", "section_header": "FAM/SOCHX", "section_text": "Nonsmoker.", "dialogue": "Doctor: Do you smoke?  Patient: Never."},
         {"ID": "1", "section_header": "CC", "section_text": "Fever.", "dialogue": "Doctor: What is wrong?\nPatient: Fever."}])
     _csv(d / "Main-Dataset/MTS-Dialog-TestSet-2-MEDIQA-Sum-2023.csv", [
-        {"ID": "0", "section_header": "CC", "section_text": "Rash.", "dialogue": "Doctor: What happened?\nPatient: A rash."}])
+        {"ID": "0", "section_header": "CC", "section_text": "Rash.",
+         "dialogue": "Doctor: So what happened to you today?\nPatient: A rash on my arm."}])
     for name in mts.AUGMENTED.values():  # originals again, then back-translations "TR=... <original id>"
         rows = train + [dict(r, ID=f"TR=EN-FR-EN {r['ID']}", dialogue=r["dialogue"].replace("Pain", "Ache"))
                         for r in train]
@@ -194,9 +198,11 @@ def test_mts_duplicates_removed_from_train(source, tmp_path):
     train = [r for r in records if r["source"] == "mts-dialog" and r["split"] == "train"]
     originals = {r["meta"]["original_id"] for r in train}
     assert "4" not in originals and "5" not in originals  # in valid / test1 (case and spacing aside)
+    assert "6" not in originals  # a near copy of test2 0
     assert {"0", "1", "2", "3"} <= originals
-    dropped = manifest["choices"]["mts-dialog"]["dropped_overlapping_inputs"]["train"]
-    assert sorted(dropped) == ["mts-dialog/train/4", "mts-dialog/train/5"]
+    choices = manifest["choices"]["mts-dialog"]
+    assert sorted(choices["dropped_overlapping_inputs"]["train"]) == [f"mts-dialog/train/{i}" for i in (4, 5, 6)]
+    assert choices["dropped_near_copies"] == {"mts-dialog/train/6": "mts-dialog/test2/0"}
     # augmented: originals repeated in the augmented files are not added twice
     main = [r for r in train if "augmented" not in r["meta"]]
     aug = [r for r in train if "augmented" in r["meta"]]

@@ -212,8 +212,8 @@ class HealthAssistantApp(App[int]):
     Dependencies are injectable for tests: `backend_factory` returns a loaded
     `Backend` (it runs in a thread), `store` is a `Store`, a database path,
     None for the default location, or False to save nothing.
-    `mode="kiosk"` is reserved for the kiosk issue (sessions are then stored
-    with mode "kiosk"; the UI is otherwise the same for now).
+    `mode="kiosk"` stores sessions with mode "kiosk"; there is no separate kiosk
+    interface yet, so the UI is otherwise the same.
     """
 
     CSS_PATH = "app.tcss"

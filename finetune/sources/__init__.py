@@ -4,6 +4,7 @@ and why)."""
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Iterable
 
 from assistant.backends.base import Message
@@ -16,6 +17,10 @@ LICENCES = {"mts-dialog": "CC BY 4.0", "aci-bench": "CC BY 4.0", "medquad": "CC 
             "dialogsum": "CC BY-NC-SA 4.0"}
 
 
+# Share of word trigrams (Jaccard) above which two inputs count as the same one.
+NEAR_COPY = 0.8
+
+
 def norm(text: str) -> str:
     """What "the same text" means for deduplication and leakage checks."""
     return " ".join(text.lower().split())
@@ -23,6 +28,32 @@ def norm(text: str) -> str:
 
 def input_hash(text: str) -> str:
     return hashlib.sha256(norm(text).encode("utf-8")).hexdigest()[:16]
+
+
+def _trigrams(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return {tuple(words[i:i + 3]) for i in range(max(1, len(words) - 2))}
+
+
+def near_copies(records: list[dict], key: str = "dialogue", threshold: float = NEAR_COPY) -> dict[str, str]:
+    """Train records whose input is a near copy of a held-out one, mapped to that held-out
+    id: at least `threshold` of their word trigrams shared (Jaccard), words as ROUGE reads
+    them. MTS-Dialog holds test dialogues that differ from a training one by a comma or
+    a word, which the exact check (case and spacing aside) lets through."""
+    held = [(r["id"], _trigrams(r["meta"]["inputs"][key])) for r in records if r["split"] != "train"]
+    found = {}
+    for r in records:
+        if r["split"] != "train":
+            continue
+        mine = _trigrams(r["meta"]["inputs"][key])
+        for hid, theirs in held:
+            small, large = sorted((len(mine), len(theirs)))
+            if small < threshold * large:  # the Jaccard bound: too different in length to qualify
+                continue
+            if len(mine & theirs) >= threshold * len(mine | theirs):
+                found[r["id"]] = hid
+                break
+    return found
 
 
 def bucket(key: str) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from assistant.tasks import summary_messages
 
-from . import drop_overlaps, norm, record
+from . import drop_overlaps, near_copies, norm, record
 
 SOURCE, LICENCE = "mts-dialog", "CC BY 4.0"
 MAIN = {
@@ -65,9 +65,13 @@ def load(root: Path, augmented: bool = True) -> tuple[list[dict], dict]:
         for row in _rows(root / name):
             extra = {"suite": suite} if suite else {}
             records.append(_record(split, f"{part}/{row['ID']}", row, original_id=row["ID"], **extra))
-    # Known trap: a few training dialogues reappear in valid/test (case and spacing aside).
+    # Known trap: a few training dialogues reappear in valid/test (case and spacing aside),
+    # and a few more as near copies (a comma or a word apart).
     records, dropped = drop_overlaps(records)
-    notes = {"dropped_overlapping_inputs": dropped}
+    near = near_copies(records)
+    records = [r for r in records if r["id"] not in near]
+    dropped.setdefault("train", []).extend(sorted(near))
+    notes = {"dropped_overlapping_inputs": dropped, "dropped_near_copies": near}
     removed_ids = {i.rsplit("/", 1)[1] for i in dropped.get("train", [])}
     if not augmented:
         return records, notes
