@@ -914,7 +914,7 @@ def _utc(value: str | None) -> str | None:
 
 
 _TEXT_FIELDS = ("title", "model")
-_MESSAGE_TEXT = ("content", "model")
+_MESSAGE_TEXT = ("content", "model", "role")
 _COUNTS = ("prompt_tokens", "completion_tokens")
 _SECONDS = ("ttft_s", "duration_s")
 
@@ -958,43 +958,40 @@ def _import_problem(s) -> str | None:
         problem = _text_problem(s.get(key), key)
         if problem:
             return where + problem
-    messages = s.get("messages", [])
-    if not isinstance(messages, list):
-        return f"{where}field 'messages' must be a list"
-    for j, m in enumerate(messages):
-        if not isinstance(m, dict):
-            return f"{where}message {j + 1}: not a JSON object"
-        if not isinstance(m.get("role"), str) or not m["role"]:
-            return f"{where}message {j + 1}: field 'role' must be a non-empty string"
-        if not _is_iso(m.get("created")):
-            return f"{where}message {j + 1}: field 'created' must be an ISO date and time, not {m.get('created')!r}"
-        if m.get("status", "complete") not in STATUSES:
-            return f"{where}message {j + 1}: field 'status' must be one of {', '.join(STATUSES)}"
-        problems = [_text_problem(m.get(k), k) for k in (*_MESSAGE_TEXT, "role")]
-        problems += [_number_problem(m.get(k), k, integer=True) for k in _COUNTS]
-        problems += [_number_problem(m.get(k), k, integer=False) for k in _SECONDS]
-        problems += [f"field '{k}' must be an object or null" for k in ("meta", "options")
-                     if m.get(k) is not None and not isinstance(m[k], dict)]
-        problem = next((p for p in problems if p), None)
-        if problem:
-            return f"{where}message {j + 1}: {problem}"
-    runs = s.get("batch_runs", [])
-    if not isinstance(runs, list):
-        return f"{where}field 'batch_runs' must be a list"
-    for j, r in enumerate(runs):
-        if not isinstance(r, dict):
-            return f"{where}batch run {j + 1}: not a JSON object"
-        if not isinstance(r.get("task"), str) or not r["task"]:
-            return f"{where}batch run {j + 1}: field 'task' must be a non-empty string"
-        if not _is_iso(r.get("started")) or (r.get("finished") is not None and not _is_iso(r["finished"])):
-            return f"{where}batch run {j + 1}: fields 'started' and 'finished' must be ISO dates and times"
-        if not isinstance(r.get("status"), str) or not r["status"]:
-            return f"{where}batch run {j + 1}: field 'status' must be a non-empty string"
-        problem = next((p for p in (_text_problem(r.get(k), k) for k in ("input_path", "output_path", "model"))
-                        if p), None)
-        if problem:
-            return f"{where}batch run {j + 1}: {problem}"
+    for key, label, check in (("messages", "message", _message_problem), ("batch_runs", "batch run", _run_problem)):
+        items = s.get(key, [])
+        if not isinstance(items, list):
+            return f"{where}field '{key}' must be a list"
+        for j, item in enumerate(items):
+            problem = check(item) if isinstance(item, dict) else "not a JSON object"
+            if problem:
+                return f"{where}{label} {j + 1}: {problem}"
     return None
+
+
+def _message_problem(m: dict) -> str | None:
+    if not isinstance(m.get("role"), str) or not m["role"]:
+        return "field 'role' must be a non-empty string"
+    if not _is_iso(m.get("created")):
+        return f"field 'created' must be an ISO date and time, not {m.get('created')!r}"
+    if m.get("status", "complete") not in STATUSES:
+        return f"field 'status' must be one of {', '.join(STATUSES)}"
+    problems = [_text_problem(m.get(k), k) for k in _MESSAGE_TEXT]
+    problems += [_number_problem(m.get(k), k, integer=True) for k in _COUNTS]
+    problems += [_number_problem(m.get(k), k, integer=False) for k in _SECONDS]
+    problems += [f"field '{k}' must be an object or null" for k in ("meta", "options")
+                 if m.get(k) is not None and not isinstance(m[k], dict)]
+    return next((p for p in problems if p), None)
+
+
+def _run_problem(r: dict) -> str | None:
+    if not isinstance(r.get("task"), str) or not r["task"]:
+        return "field 'task' must be a non-empty string"
+    if not _is_iso(r.get("started")) or (r.get("finished") is not None and not _is_iso(r["finished"])):
+        return "fields 'started' and 'finished' must be ISO dates and times"
+    if not isinstance(r.get("status"), str) or not r["status"]:
+        return "field 'status' must be a non-empty string"
+    return next((p for p in (_text_problem(r.get(k), k) for k in ("input_path", "output_path", "model")) if p), None)
 
 
 def _message_in(session_id: str, m: dict) -> dict:
