@@ -69,7 +69,8 @@ def _bad_utf8(text: str) -> bool:
 
 
 def _surrogate(text: str) -> bool:
-    """A JSON \\uD83D escape alone decodes to half a character, which no file can hold."""
+    """A JSON \\uD83D escape alone decodes to half a character, which no file can hold
+    (nor a record's fingerprint or result line be written with)."""
     return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
@@ -270,9 +271,9 @@ def sidecar(path: Path) -> Path:
 class OutputWriter:
     """Appends results to JSONL or Markdown, resuming a matching earlier run.
 
-    Creating the writer takes the output's lock and reads which ids it holds;
-    nothing else on disk changes until the first result is written (`write` opens
-    the file). So a run that fails before it has a result (a mistyped model, an input
+    Creating the writer takes the output's lock (a `.lock` file beside it, its
+    folder made if need be) and reads which ids it holds; the output itself does
+    not change until the first result is written (`write` opens the file). So a run that fails before it has a result (a mistyped model, an input
     with no good record, every record failing) leaves an earlier output, even one
     marked for --overwrite, as it was."""
 
@@ -346,7 +347,10 @@ class OutputWriter:
         for n, line in enumerate(data.split(b"\n"), 1):
             text = line.decode("utf-8", errors="replace").rstrip("\r")
             if text.startswith("<!-- id: ") and text.endswith(" -->"):
-                rid, _, fingerprint = text[len("<!-- id: "):-len(" -->")].partition(" input: ")
+                # The fingerprint is hex, so the last " input: " is the separator whatever the id holds.
+                rid, sep, fingerprint = text[len("<!-- id: "):-len(" -->")].rpartition(" input: ")
+                if not sep:  # a marker of an earlier version: no fingerprint
+                    rid, fingerprint = fingerprint, ""
                 try:
                     rid = json.loads(rid)
                 except json.JSONDecodeError:

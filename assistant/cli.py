@@ -19,6 +19,7 @@ from .backends import BACKENDS, BackendError, CancelToken, GenerationOptions, lo
 from .batch_io import OutputError, OutputWriter, Record, RecordError, read_records, run_identity
 from .cli_logs import logs
 from .models import ModelError
+from .safety.triage import SafetyConfigError
 from .store import Store, StoreError, open_store
 from .tasks import (ANSWER_MAX_TOKENS, SUMMARY_BEST_OF, SUMMARY_MAX_TOKENS, SUMMARY_REPEAT_PENALTY, TaskError, answer,
                     summarize, summary_drafts, summary_options)
@@ -64,19 +65,17 @@ def user_errors():
     """Turn the errors a user can cause into one clear line instead of a traceback."""
     try:
         yield
-    except (ModelError, BackendError, TaskError, OutputError, StoreError) as exc:
+    except (ModelError, BackendError, TaskError, OutputError, StoreError, SafetyConfigError) as exc:
         fail(str(exc))
 
 
 def check_safety_config() -> None:
     """Read the safety rules before any model loads, so a mistake in a clinic's override is
     named at once rather than on the first emergency, half-way through a batch."""
-    from .safety.triage import SafetyConfigError, default_config
+    from .safety.triage import default_config
 
-    try:
+    with user_errors():
         default_config()
-    except SafetyConfigError as exc:
-        fail(str(exc))
 
 
 def open_backend(model, adapter, backend):
@@ -173,6 +172,7 @@ def tui(model, adapter, backend, max_tokens, db):
 @log_options
 def chat(model, adapter, backend, max_tokens, temperature, seed, no_log, db):
     """Chat in the terminal (plain line mode)."""
+    check_safety_config()
     store = open_log(db, no_log)
     be = open_backend(model, adapter, backend)
     opts = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)

@@ -16,7 +16,6 @@ from rich.table import Table
 from rich.text import Text
 
 from assistant import store as store_mod
-from assistant.paths import write_private
 from assistant.store import Store, StoreError
 
 _MARK = ("\x02", "\x03")  # snippet highlight markers that cannot occur in typed text
@@ -28,13 +27,23 @@ class _LogsGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if not args or (args[0].startswith("-") and args[0] != "--help"):
             # Options first, as in `logs --db FILE show ID`: the subcommand goes before them.
-            name = next((a for a in args if a in self.commands), None)
-            if name is None:
-                args = ["list", *args]
-            else:
-                i = args.index(name)
-                args = [name, *args[:i], *args[i + 1:]]
+            i = self._command_at(args)
+            args = ["list", *args] if i is None else [args[i], *args[:i], *args[i + 1:]]
         return super().parse_args(ctx, args)
+
+    def _command_at(self, args: list[str]) -> int | None:
+        """Where the subcommand's name is, skipping the values of options (`--db backup`)."""
+        takes_value = {opt for cmd in self.commands.values() for p in cmd.params
+                       if isinstance(p, click.Option) and not p.is_flag for opt in p.opts}
+        i = 0
+        while i < len(args):
+            if args[i] in takes_value:
+                i += 2
+                continue
+            if args[i] in self.commands:
+                return i
+            i += 1
+        return None
 
     def invoke(self, ctx: click.Context):
         try:
@@ -181,12 +190,7 @@ def export(db_path, session_ids, all_, fmt, output):
     if output is None:
         click.echo(text, nl=False)
         return
-    if store_mod.holds_sqlite(output):  # above all the log itself, gone if written over
-        raise StoreError(f"{output}: is a SQLite database; refusing to write the export over it")
-    try:
-        write_private(output, text)
-    except OSError as e:
-        raise StoreError(f"{output}: cannot write the export: {e.strerror}") from e
+    store_mod.write_export(output, text)
     click.echo(f"Wrote {output}")
 
 

@@ -134,9 +134,6 @@ def new_id() -> str:
     return "".join(_CROCKFORD[(n >> shift) & 31] for shift in range(125, -1, -5))
 
 
-_ULID = re.compile(f"[{_CROCKFORD}]{{26}}")
-
-
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -192,15 +189,28 @@ def _side_file_of(path: Path) -> Path | None:
 
 
 def _is_log(path: Path) -> bool:
-    """Whether a SQLite file is one of ours (it has the migrations table)."""
+    """Whether a SQLite file is one of ours (it has the migrations table) or holds nothing yet."""
     try:
         conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
         try:
-            return conn.execute("select 1 from sqlite_master where name = '_migrations'").fetchone() is not None
+            names = {r[0] for r in conn.execute("select name from sqlite_master")}
+            return not names or "_migrations" in names
         finally:
             conn.close()
     except sqlite3.Error:
         return False
+
+
+def write_export(dest: Path, text: str) -> None:
+    """Write an export readable by the owner only, never over a database (the log above all,
+    gone if written over) or one of its side files. StoreError says why not."""
+    if holds_sqlite(dest):
+        raise StoreError(f"{dest}: is a SQLite database; refusing to write the export over it")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        paths.write_private(dest, text)
+    except OSError as e:
+        raise StoreError(f"{dest}: cannot write the export: {e.strerror}") from e
 
 
 def holds_sqlite(path: Path) -> bool:
@@ -483,8 +493,9 @@ class Store:
         # A prefix stands for one of our own long ids only (an imported "visit-1" that is gone
         # must not turn into "visit-10"), compared plainly: LIKE would ignore case and read "_"
         # and "%" as wildcards.
-        rows = [r for r in self.db.query("select id from sessions where substr(id, 1, length(:p)) = :p limit 3",
-                                         {"p": session_id}) if _ULID.fullmatch(r["id"])][:2]
+        rows = list(self.db.query(
+            "select id from sessions where substr(id, 1, length(:p)) = :p and length(id) = 26"
+            f" and id not glob '*[^{_CROCKFORD}]*' limit 2", {"p": session_id}))
         if len(rows) == 1:
             return rows[0]["id"]
         if not rows:
@@ -623,23 +634,22 @@ class Store:
         match = fts_query(query)
         if not match:
             return []
-        sql = f"""
-            with hits as (
-              select m.id, m.session_id, m.role, m.created, m.status, s.title, s.mode,
-                snippet(messages_fts, 0, :open, :close, '…', 12) as snippet,
-                bm25(messages_fts) as rank
-              from messages_fts
-                join messages m on m.id = messages_fts.rowid
-                join sessions s on s.id = m.session_id
-              where messages_fts match :q {"and s.mode = :mode" if mode else ""}
-            ), ranked as (
-              select *, row_number() over (partition by session_id order by rank, id) as nth from hits
-            )
-            select id, session_id, role, created, status, title, mode, snippet, rank from ranked
-            {"where nth = 1" if per_session else ""}
-            order by rank
-            limit :limit
+        hits = f"""
+            select m.id, m.session_id, m.role, m.created, m.status, s.title, s.mode,
+              snippet(messages_fts, 0, :open, :close, '…', 12) as snippet,
+              bm25(messages_fts) as rank
+            from messages_fts
+              join messages m on m.id = messages_fts.rowid
+              join sessions s on s.id = m.session_id
+            where messages_fts match :q {"and s.mode = :mode" if mode else ""}
         """
+        if per_session:
+            hits = f"""
+                select id, session_id, role, created, status, title, mode, snippet, rank from (
+                  select *, row_number() over (partition by session_id order by rank, id) as nth from ({hits})
+                ) where nth = 1
+            """
+        sql = f"select * from ({hits}) order by rank limit :limit"
         with self._guard("searching"):
             return list(self.db.query(sql, {"q": match, "open": mark[0], "close": mark[1], "limit": limit,
                                             "mode": mode}))
@@ -735,7 +745,8 @@ class Store:
             try:
                 doc = json.loads(Path(source).read_text(encoding="utf-8"))
             except (OSError, ValueError, RecursionError) as e:
-                raise StoreError(f"{source}: cannot read the export: {e!r}"[:500]) from e
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+                raise StoreError(f"{source}: cannot read the export: {why}"[:500]) from e
         name = source if not isinstance(source, dict) else "import"
         if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("sessions"), list):
             raise StoreError(f"{name}: not a health-assistant logs export")
@@ -899,8 +910,8 @@ def _run_out(row: dict) -> dict:
 
 def _is_iso(value) -> bool:
     try:
-        datetime.fromisoformat(value)
-    except (TypeError, ValueError):
+        _utc(value)  # as the import will store it: a date at the end of time cannot move to UTC
+    except (TypeError, ValueError, OverflowError):
         return False
     return True
 

@@ -21,17 +21,16 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import re
 from pathlib import Path
 
 from .jsonl import iter_jsonl
+from .sources import rouge_words
 FILE_NAME = "mts_dialog_notes.jsonl.gz"
-_WORD = re.compile(r"[a-z0-9]+")
 
 
 def same_words(note: str) -> str:
     """A note as ROUGE's tokenizer reads it."""
-    return " ".join(_WORD.findall(note.lower()))
+    return " ".join(rouge_words(note))
 
 
 def mts_rows(path: Path):

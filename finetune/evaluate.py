@@ -47,7 +47,7 @@ SUITES = GENERATION_SUITES + ("ppl",)
 PROMPT_STYLES = ("runtime", "baseline")
 # The prompt of the reference baseline (R1 13.9 / R2 4.1 / RL 11.1 on test1): raw section
 # code, no system prompt, so the chat template's default system prompt applies.
-ISSUE_BASELINE = "Summarize the following doctor-patient conversation as the '{section}' section of a clinical note.\n\n{dialogue}"
+BASELINE_PROMPT = "Summarize the following doctor-patient conversation as the '{section}' section of a clinical note.\n\n{dialogue}"
 
 
 def suite_of(record: dict) -> str | None:
@@ -137,7 +137,7 @@ def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions
     inputs = record["meta"]["inputs"]
     if record["task"] == "summarize" and record["source"] != "dialogsum":
         if style == "baseline":
-            prompt = ISSUE_BASELINE.format(section=inputs["section"], dialogue=inputs["dialogue"].strip())
+            prompt = BASELINE_PROMPT.format(section=inputs["section"], dialogue=inputs["dialogue"].strip())
             return _stream(backend, [{"role": "user", "content": prompt}], opts), {}
         # The app's decoding settings; a value given here is how the app's default is chosen.
         opts = tasks.summary_options(max_tokens=opts.max_tokens, repeat_penalty=summary.repeat_penalty)

@@ -162,6 +162,15 @@ def test_markdown_resume_redoes_a_result_cut_off_mid_write(tmp_path, fake):
     assert out.read_text() == whole
 
 
+def test_a_markdown_resume_reads_ids_that_look_like_its_own_markers(tmp_path, fake):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "bp input: high", "dialogue": "Doctor: a."},
+                                              {"id": "2", "dialogue": "Doctor: b."}])
+    out = tmp_path / "notes.md"
+    assert run("summarize", src, "-o", out).exit_code == 0
+    result = run("summarize", src, "-o", out)
+    assert result.exit_code == 0 and "resuming: 2 already" in result.output
+
+
 def test_a_hand_edited_markdown_marker_is_named(tmp_path, fake):
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "dialogue": "Doctor: a."}])
     out = tmp_path / "notes.md"
@@ -210,7 +219,7 @@ def test_ask_names_a_broken_safety_config_before_loading_the_model(tmp_path, mon
     try:
         src = tmp_path / "q.txt"
         src.write_text("Is a cold contagious?\nMy chest hurts and my left arm is numb\n")
-        for args in (["ask", "--input", src, "-o", tmp_path / "a.jsonl"], ["ask", "Is a cold contagious?"]):
+        for args in (["ask", "--input", src, "-o", tmp_path / "a.jsonl"], ["ask", "Is a cold contagious?"], ["chat"]):
             result = run(*args)
             assert result.exit_code == 1 and f"{cfg}: [messages] emergency uses {{emergency_number}}" in result.output
         assert not loaded and not (tmp_path / "a.jsonl").exists()

@@ -164,6 +164,10 @@ def test_options_may_come_before_the_subcommand(db, filled):
     r = run("--db", db, "show", filled["a"])
     assert r.exit_code == 0 and filled["a"] in r.output
     assert run("--db", db).exit_code == 0  # only options: list
+    backup = db.with_name("backup")  # a database file named like a command
+    db.rename(backup)
+    r = run("--db", backup, "show", filled["a"])
+    assert r.exit_code == 0 and filled["a"] in r.output
 
 
 @pytest.mark.parametrize("command", [["show", "x"], ["search", "x"], ["export", "--all"], ["delete", "x", "--yes"],

@@ -201,7 +201,7 @@ def test_mts_duplicates_removed_from_train(source, tmp_path):
     assert "6" not in originals  # a near copy of test2 0
     assert {"0", "1", "2", "3"} <= originals
     choices = manifest["choices"]["mts-dialog"]
-    assert sorted(choices["dropped_overlapping_inputs"]["train"]) == [f"mts-dialog/train/{i}" for i in (4, 5, 6)]
+    assert sorted(choices["dropped_overlapping_inputs"]["train"]) == [f"mts-dialog/train/{i}" for i in (4, 5)]
     assert choices["dropped_near_copies"] == {"mts-dialog/train/6": "mts-dialog/test2/0"}
     # augmented: originals repeated in the augmented files are not added twice
     main = [r for r in train if "augmented" not in r["meta"]]
@@ -329,7 +329,10 @@ def test_real_mts_dialog():
         counts[key] = counts.get(key, 0) + 1
     assert counts["valid"] == 100 and counts["mts-test1"] == 200 and counts["mts-test2"] == 200
     main_train = [r for r in records if r["split"] == "train" and "augmented" not in r["meta"]]
-    assert len(main_train) == 1201 - len(notes["dropped_overlapping_inputs"]["train"])
+    assert len(main_train) == 1201 - len(notes["dropped_overlapping_inputs"]["train"]) - len(notes["dropped_near_copies"])
+    assert notes["dropped_near_copies"] == {"mts-dialog/train/104": "mts-dialog/test2/188",
+                                            "mts-dialog/train/318": "mts-dialog/test1/96",
+                                            "mts-dialog/train/543": "mts-dialog/test2/78"}
     # the documented pair (train/valid, train/test1) plus generic one-line allergy dialogues
     assert {"mts-dialog/train/56", "mts-dialog/train/926"} <= set(notes["dropped_overlapping_inputs"]["train"])
     prepare_data.check_leakage(records)

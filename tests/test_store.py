@@ -629,6 +629,8 @@ def test_imported_dates_are_stored_in_utc_so_delete_before_is_right(store):
     assert got["older"]["updated"] == "2025-01-01T12:00:00.000000+00:00"
     store.delete_before(datetime.fromisoformat("2025-03-02T00:00:00+00:00"))
     assert [s["id"] for s in store.list_sessions()] == ["later"]
+    with pytest.raises(StoreError, match="field 'created' must be an ISO date and time"):
+        store.import_json({"format": "health-assistant-logs", "sessions": [session("end", "9999-12-31T23:00:00-05:00")]})
 
 
 def test_a_session_id_prefix_is_literal_and_case_sensitive(store):
@@ -649,6 +651,12 @@ def test_a_session_id_prefix_is_literal_and_case_sensitive(store):
     assert store.get_session(own[:8])["id"] == own
     with pytest.raises(SessionNotFound):
         store.get_session(own[:8].upper())
+    # Imported ids sorting first must not hide that two of the assistant's own share the prefix.
+    other = chat_session(store)
+    shared = os.path.commonprefix([own, other])
+    store.import_json({"format": "health-assistant-logs", "sessions": [session(shared + s) for s in ("-a", "-b")]})
+    with pytest.raises(SessionNotFound, match="matches several"):
+        store.get_session(shared)
 
 
 def test_vacuum_says_when_a_reader_keeps_deleted_text_on_disk(store, db_path):

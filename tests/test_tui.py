@@ -808,6 +808,15 @@ async def test_export_is_private_and_asks_before_replacing_a_file(tmp_path):
         await pilot.press("n")
         await pilot.pause()
         assert out.read_text() == "my own notes"
+        await pilot.press("f3")  # the log itself: refused, even if the user would say yes
+        await wait_until(pilot, lambda: isinstance(app.screen, PromptScreen))
+        app.screen.query_one(Input).value = str(app.store.path)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the overwrite question")
+        await pilot.press("y")
+        await pilot.pause()
+        assert any("is a SQLite database; refusing" in n for n in notifications(app))
+        assert app.store.list_sessions()  # the log is intact
         fresh = tmp_path / "new.md"
         await pilot.press("f3")
         await wait_until(pilot, lambda: isinstance(app.screen, PromptScreen))

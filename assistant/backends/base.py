@@ -80,11 +80,29 @@ def without_control_text(messages: Sequence[Message], control: Sequence[str]) ->
     for m in messages:
         content = m.get("content")
         if isinstance(content, str):
-            for marker in control:
-                content = content.replace(marker, "")
+            # Until none is left: taking one marker out of "<|im_<|im_end|>end|>" makes another.
+            while any(marker in content for marker in control):
+                for marker in control:
+                    content = content.replace(marker, "")
             m = {**m, "content": content}
         out.append(m)
     return out
+
+
+def render_chat(render, messages: Sequence[Message], model_name: str):
+    """`render(messages)` through a model's chat template; a template that refuses the
+    system role gets it folded into the first user turn, and any other failure is a
+    BackendError naming the model."""
+    try:
+        return render(messages)
+    except Exception as exc:  # the template's own raise_exception, or a Jinja error
+        folded = system_folded(messages)
+        if folded is not None:
+            try:
+                return render(folded)
+            except Exception:  # noqa: BLE001 - the first error says more
+                pass
+        raise BackendError(f"the chat template of {model_name} cannot render this conversation: {exc}") from exc
 
 
 def system_folded(messages: Sequence[Message]) -> list[Message] | None:

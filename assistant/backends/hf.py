@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .base import (Backend, BackendError, CancelToken, GenerationOptions, Message, _StreamClock, system_folded,
+from .base import (Backend, BackendError, CancelToken, GenerationOptions, Message, _StreamClock, render_chat,
                    without_control_text)
 from .streamtext import StopMatcher
 from ..models import ModelSpec
@@ -207,23 +207,9 @@ class TransformersBackend(Backend):
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _encode(self, messages: Sequence[Message]):
-        messages = without_control_text(messages, self._control)
-
-        def encode(conversation):
-            return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True,
-                                                      return_tensors="pt", return_dict=True)
-
-        try:
-            ids = encode(messages)
-        except Exception as exc:  # the template's own raise_exception, or a Jinja error
-            folded = system_folded(messages)
-            try:
-                if folded is None:
-                    raise
-                ids = encode(folded)
-            except Exception:
-                raise BackendError(f"the chat template of {self.model_name} cannot render this conversation: "
-                                   f"{exc}") from exc
+        ids = render_chat(lambda m: self.tokenizer.apply_chat_template(m, add_generation_prompt=True,
+                                                                        return_tensors="pt", return_dict=True),
+                          without_control_text(messages, self._control), self.model_name)
         return ids["input_ids"], ids["attention_mask"]
 
     def prompt_tokens(self, messages: Sequence[Message]) -> int:
@@ -263,6 +249,7 @@ class TransformersBackend(Backend):
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([Halt()]),
             pad_token_id=self.tokenizer.pad_token_id,
+            repetition_penalty=1.0,  # a model's own default would penalise the prompt on top of ours
         )
         # The penalty comes before temperature and top-p, as in llama.cpp; transformers would run
         # a custom processor after its own warpers, so those are given here as well.
@@ -293,7 +280,9 @@ class TransformersBackend(Backend):
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
         finish = "length"
-        held = ""  # a trailing U+FFFD: half a character, which the next token may complete
+        # The streamer holds back a U+FFFD until a space follows, so one can only be last, at the
+        # end of a reply cut inside a character: that half character is dropped.
+        held = ""
         try:
             for text in streamer:
                 text, held = held + text, ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Iterator, Sequence
 
-from .base import (Backend, BackendError, CancelToken, GenerationOptions, Message, _StreamClock, system_folded,
+from .base import (Backend, BackendError, CancelToken, GenerationOptions, Message, _StreamClock, render_chat,
                    without_control_text)
 from .streamtext import StopMatcher, Utf8Decoder
 from ..models import ModelSpec, check_gguf
@@ -94,18 +94,8 @@ class LlamaCppBackend(Backend):
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def render_prompt(self, messages: Sequence[Message]) -> tuple[str, list[str]]:
-        messages = without_control_text(messages, self._control)
-        try:
-            result = self._formatter(messages=messages)
-        except Exception as exc:  # the template's own raise_exception, or a Jinja error
-            folded = system_folded(messages)
-            try:
-                if folded is None:
-                    raise
-                result = self._formatter(messages=folded)
-            except Exception:
-                raise BackendError(f"the chat template of {self.model_name} cannot render this conversation: "
-                                   f"{exc}") from exc
+        result = render_chat(lambda m: self._formatter(messages=m), without_control_text(messages, self._control),
+                             self.model_name)
         stops = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
         return result.prompt, stops
 

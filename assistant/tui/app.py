@@ -32,7 +32,6 @@ from textual.widgets import Footer, Input, Label, ListView, TextArea
 from .. import tasks
 from ..backends.base import Backend, CancelToken, GenerationOptions
 from ..models import DEFAULT_MODEL
-from ..paths import write_private
 from .keys import app_bindings
 from .screens import ConfirmScreen, HelpScreen, PromptScreen
 from .widgets import (
@@ -968,14 +967,15 @@ class HealthAssistantApp(App[int]):
         default = Path.cwd() / f"{_slug(self._session_title_of(target))}.md"
 
         def write(dest: Path) -> None:
+            from ..store import StoreError, write_export
+
             fmt = "json" if dest.suffix.lower() == ".json" else "markdown"
             content = self._db("exporting the session", self.store.export, [target], fmt)
             if content is None:
                 return
             try:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                write_private(dest, content)
-            except OSError as exc:
+                write_export(dest, content)
+            except StoreError as exc:
                 self.report_error("Cannot write the export", exc)
                 return
             self.notify(f"Exported to {dest}", timeout=5)

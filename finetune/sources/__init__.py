@@ -30,8 +30,13 @@ def input_hash(text: str) -> str:
     return hashlib.sha256(norm(text).encode("utf-8")).hexdigest()[:16]
 
 
+def rouge_words(text: str) -> list[str]:
+    """Words as ROUGE's tokenizer reads them: lower case, punctuation dropped."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
 def _trigrams(text: str) -> set[tuple[str, ...]]:
-    words = re.findall(r"[a-z0-9]+", text.lower())
+    words = rouge_words(text)
     return {tuple(words[i:i + 3]) for i in range(max(1, len(words) - 2))}
 
 

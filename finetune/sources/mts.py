@@ -70,9 +70,8 @@ def load(root: Path, augmented: bool = True) -> tuple[list[dict], dict]:
     records, dropped = drop_overlaps(records)
     near = near_copies(records)
     records = [r for r in records if r["id"] not in near]
-    dropped.setdefault("train", []).extend(sorted(near))
     notes = {"dropped_overlapping_inputs": dropped, "dropped_near_copies": near}
-    removed_ids = {i.rsplit("/", 1)[1] for i in dropped.get("train", [])}
+    removed_ids = {i.rsplit("/", 1)[1] for i in [*dropped.get("train", []), *near]}
     if not augmented:
         return records, notes
 
