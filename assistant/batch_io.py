@@ -273,9 +273,10 @@ class OutputWriter:
 
     Creating the writer takes the output's lock (a `.lock` file beside it, its
     folder made if need be) and reads which ids it holds; the output itself does
-    not change until the first result is written (`write` opens the file). So a run that fails before it has a result (a mistyped model, an input
-    with no good record, every record failing) leaves an earlier output, even one
-    marked for --overwrite, as it was."""
+    not change until the first result is written (`write` opens the file). So a
+    run that fails before it has a result (a mistyped model, an input with no good
+    record, every record failing) leaves an earlier output, even one marked for
+    --overwrite, as it was."""
 
     def __init__(self, path: Path, identity: dict, overwrite: bool = False):
         self.path = path

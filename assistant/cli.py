@@ -19,7 +19,7 @@ from .backends import BACKENDS, BackendError, CancelToken, GenerationOptions, lo
 from .batch_io import OutputError, OutputWriter, Record, RecordError, read_records, run_identity
 from .cli_logs import logs
 from .models import ModelError
-from .safety.triage import SafetyConfigError
+from .safety.triage import SafetyConfigError, default_config
 from .store import Store, StoreError, open_store
 from .tasks import (ANSWER_MAX_TOKENS, SUMMARY_BEST_OF, SUMMARY_MAX_TOKENS, SUMMARY_REPEAT_PENALTY, TaskError, answer,
                     summarize, summary_drafts, summary_options)
@@ -72,8 +72,6 @@ def user_errors():
 def check_safety_config() -> None:
     """Read the safety rules before any model loads, so a mistake in a clinic's override is
     named at once rather than on the first emergency, half-way through a batch."""
-    from .safety.triage import default_config
-
     with user_errors():
         default_config()
 
