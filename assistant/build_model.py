@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .models import ModelError, embedded_gguf_path, resolve
-from .paths import cache_home, file_key, pid_alive
+from .paths import cache_home, file_key, prune_cache
 
 BUILD_VERSION = 2  # bump when the output of build_gguf changes: old cache entries are not reused
 
@@ -213,13 +213,9 @@ def _prune(current: Path) -> None:
     """Earlier builds of the same adapter (another base or version), and files left by killed builds."""
     stem = re.escape(current.name.rsplit("-", 1)[0])  # adapter name, its folder's hash and the type
     name = re.escape(current.name.rsplit("-", 3)[0])  # the adapter name alone: the naming before stems
-    build = re.compile(rf"^(?:{stem}|{name})-[0-9a-f]{{16}}\.gguf(?:\.size)?$")
-    left = re.compile(rf"^\.(?:{stem}|{name})-[0-9a-f]{{16}}\.gguf\.(\d+)\.tmp$")
-    for path in current.parent.iterdir():
-        if build.match(path.name) and path.name not in (current.name, current.name + ".size"):
-            path.unlink(missing_ok=True)
-        elif (m := left.match(path.name)) and not pid_alive(int(m[1])):
-            path.unlink(missing_ok=True)
+    prune_cache(current.parent, {current.name, current.name + ".size"},
+                stale=re.compile(rf"^(?:{stem}|{name})-[0-9a-f]{{16}}\.gguf(?:\.size)?$"),
+                left_behind=re.compile(rf"^\.(?:{stem}|{name})-[0-9a-f]{{16}}\.gguf\.(\d+)\.tmp$"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 from pathlib import Path
 
 APP = "health-assistant"
@@ -64,3 +66,18 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # it exists, as another user's
         pass
     return True
+
+
+def prune_cache(folder: Path, keep: set[str], stale: re.Pattern, left_behind: re.Pattern) -> None:
+    """Remove the entries of a cache folder that `stale` matches (older versions of what
+    `keep` names) and those a killed process left (`left_behind`'s first group is its pid)
+    once that process is gone. Entries are files or folders."""
+    for path in folder.iterdir():
+        if path.name in keep:
+            continue
+        m = left_behind.match(path.name)
+        if stale.match(path.name) or (m and not pid_alive(int(m[1]))):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from .base import (Backend, BackendError, CancelToken, GenerationOptions, Messag
                    without_control_text)
 from .streamtext import StopMatcher
 from ..models import ModelSpec
-from ..paths import cache_home, file_key, pid_alive
+from ..paths import cache_home, file_key, prune_cache
 
 
 def dequantized_cache_dir(spec: ModelSpec) -> Path:
@@ -29,16 +29,10 @@ def dequantized_cache_dir(spec: ModelSpec) -> Path:
 def _prune_dequantized(current: Path) -> None:
     """Each entry is ~0.5 GB: drop the older ones of the same file (another version, or the
     naming before the path hash) and folders a killed save left behind."""
-    import shutil
-
     stem = re.escape(current.name.rsplit("-", 2)[0])
     where = re.escape(current.name.rsplit("-", 2)[1])
-    old = re.compile(rf"^{stem}-(?:{where}-)?[0-9a-f]{{16}}$")
-    left = re.compile(rf"^{stem}-(?:{where}-)?[0-9a-f]{{16}}\.tmp(\d+)$")
-    for path in current.parent.iterdir():
-        if (old.match(path.name) and path.name != current.name) or \
-                ((m := left.match(path.name)) and not pid_alive(int(m[1]))):
-            shutil.rmtree(path, ignore_errors=True)
+    prune_cache(current.parent, {current.name}, stale=re.compile(rf"^{stem}-(?:{where}-)?[0-9a-f]{{16}}$"),
+                left_behind=re.compile(rf"^{stem}-(?:{where}-)?[0-9a-f]{{16}}\.tmp(\d+)$"))
 
 
 def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adapter: bool = False):
