@@ -20,6 +20,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,13 +81,20 @@ class Passage:
     coverage: float = 0.0  # IDF-weighted share of the query's words found in this passage
 
 
+def _fold(text: str) -> str:
+    """Lower case without accents, as the index's unicode61 tokenizer stores words:
+    "Sjögren" must be "sjogren", not "sj" and "gren"."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
 def fts_query(text: str) -> str:
     """Free text -> a safe FTS5 query: bare words only, each quoted, OR-ed.
 
     Quoting every term means no user input can reach FTS5 syntax (NEAR, column
     filters, "-", "*", unbalanced quotes)."""
     terms, seen = [], set()
-    for word in re.findall(r"[a-z0-9]+", text.lower()):
+    for word in re.findall(r"[a-z0-9]+", _fold(text)):
         if word in STOP_WORDS or word in seen or (len(word) < 2 and not word.isdigit()):
             continue
         seen.add(word)

@@ -154,11 +154,26 @@ _SMALL_TALK = re.compile(
 )
 
 
+_BACK_REFERENCE = re.compile(r"\b(?:it|its|he|she|they|him|her|his|them|this|that)\b", re.IGNORECASE)
+
+
+def leans_on_context(question: str) -> bool:
+    """A message that says too little on its own ("what about children?", "should I wait?")
+    or points back ("is it a stroke?"): it is read with what the user said before it."""
+    return len(question.split()) <= 6 or bool(_BACK_REFERENCE.search(question))
+
+
+_ASKS_ABOUT_ME = re.compile(r"\b(?:who are you|what are you|what can you do|how are you)\b", re.IGNORECASE)
+
+
 def is_small_talk(text: str) -> bool:
     """Greetings and thanks ("Hi! How are you today?") are answered by the model
-    directly, not from the library: every sentence must be small talk."""
+    directly, not from the library: every sentence must be small talk, and a question
+    after a greeting ("ok, aspirin for kids?") is a question, unless it asks about the
+    assistant itself."""
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
-    return bool(sentences) and all(_SMALL_TALK.match(s) for s in sentences)
+    return bool(sentences) and all(_SMALL_TALK.match(s) and (not s.rstrip().endswith("?") or _ASKS_ABOUT_ME.search(s))
+                                   for s in sentences)
 
 
 # --- chunking -------------------------------------------------------------
@@ -427,6 +442,11 @@ def answer(
         from .safety.triage import triage
 
         verdict = triage(question)
+        if not verdict.urgent and leans_on_context(question) and not is_small_talk(question):
+            # "Is it a stroke?" right after "his face is drooping": the emergency is still on.
+            last_user = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+            if last_user and triage(last_user).urgent:
+                verdict = triage(f"{last_user} {question}")
         meta["triage"] = verdict.level
         if verdict.reasons:
             meta["triage_reasons"] = list(verdict.reasons)
@@ -445,10 +465,13 @@ def answer(
                 knowledge = KnowledgeBase.default()
             except KnowledgeError as exc:
                 raise TaskError(str(exc)) from exc
-        # Follow-up questions ("what about children?") retrieve with the previous question too.
-        last_user = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
-        query = question if not last_user or len(question.split()) > 6 else f"{last_user} {question}"
-        hits = retrieve_grounding(knowledge, query)
+        hits = retrieve_grounding(knowledge, question)
+        # A follow-up that says too little on its own ("what about children?") is read with the
+        # last question that was looked up; one that stands alone keeps its own topic.
+        last_asked = next((m["content"] for m in reversed(history)
+                           if m["role"] == "user" and not is_small_talk(m["content"])), "")
+        if hits is None and last_asked and leans_on_context(question):
+            hits = retrieve_grounding(knowledge, f"{last_asked} {question}")
         if hits is None:
             text = prompts.template("dont_know")
             if referral:

@@ -121,11 +121,49 @@ def test_prescription_request_gets_general_information_and_a_referral(kb):
     ("hello, I have cancer", False), ("hey I have chest pain", False), ("hi, I feel sick", False),
     ("Thanks, I appreciate it", True), ("thanks, have a nice day", True), ("Hi, I'm Sam", True),
     ("Okay, got it, thanks!", True), ("ok I have hiv", False),
+    ("ok, aspirin for kids?", False), ("hello, diabetes?", False), ("Okay, and for children?", False),
+    ("Hi, who are you?", True),
 ])
 def test_small_talk_detection(text, small):
     from assistant.tasks import is_small_talk
 
     assert is_small_talk(text) is small
+
+
+def test_an_emergency_stays_on_for_the_questions_that_follow_it(kb):
+    be = FakeBackend(reply="Wait and see.")
+    first = "My dad's face is drooping and he can't lift his arm"
+    assert answer(be, first, knowledge=kb).meta["triage"] == "emergency"
+    history = [{"role": "user", "content": first}, {"role": "assistant", "content": "Call 911."}]
+    for follow_up in ("Should I wait until morning?", "Is it a stroke?", "he also cannot speak"):
+        result = answer(be, follow_up, history, knowledge=kb)
+        assert result.meta["triage"] == "emergency" and "911" in result.text, follow_up
+    assert not be.prompts  # the model was never asked
+    assert answer(be, "thanks", history, knowledge=kb).meta["triage"] == "none"  # small talk is small talk
+
+
+def test_a_follow_up_is_looked_up_alone_first_and_with_the_last_question_when_it_says_too_little(kb):
+    be = FakeBackend(reply="An answer.")
+    history = [{"role": "user", "content": "What are the symptoms of glaucoma?"},
+               {"role": "assistant", "content": "Often none early."}, {"role": "user", "content": "Thanks!"},
+               {"role": "assistant", "content": "You're welcome."}]
+    # Standing alone, it keeps its own topic rather than the previous one.
+    result = answer(be, "How is type 2 diabetes treated?", history, knowledge=kb)
+    assert [s["title"] for s in result.meta["sources"]] == ["Diabetes: treatment"]
+    # Saying too little, it is read with the last question looked up (not the "Thanks!").
+    result = answer(be, "Does it get worse over time?", history, knowledge=kb)
+    assert [s["title"] for s in result.meta["sources"]] == ["Glaucoma: symptoms"]
+
+
+def test_accented_words_find_their_page(tmp_path):
+    path = tmp_path / "kb.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"id": 0, "doc_id": "GARD/sjogren", "source": "GARD", "url": "https://example.org/s",
+                            "focus": "Sjogren syndrome", "qtype": "information", "title": "Sjogren syndrome",
+                            "text": "Sjogren syndrome is an autoimmune disorder with dry eyes and mouth."}) + "\n")
+    kb = KnowledgeBase(path, cache_dir=tmp_path / "cache", min_coverage=0.5)
+    result = answer(FakeBackend(reply="An answer."), "What is Sjögren syndrome?", knowledge=kb)
+    assert [s["title"] for s in result.meta["sources"]] == ["Sjogren syndrome"]
 
 
 def test_small_talk_is_answered_without_the_library(kb):
