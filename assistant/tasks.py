@@ -171,9 +171,12 @@ def is_small_talk(text: str) -> bool:
     directly, not from the library: every sentence must be small talk, and a question
     after a greeting ("ok, aspirin for kids?") is a question, unless it asks about the
     assistant itself."""
+    def small(sentence: str) -> bool:
+        asks = sentence.rstrip().endswith("?")
+        return bool(_SMALL_TALK.match(sentence)) and (not asks or bool(_ASKS_ABOUT_ME.search(sentence)))
+
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
-    return bool(sentences) and all(_SMALL_TALK.match(s) and (not s.rstrip().endswith("?") or _ASKS_ABOUT_ME.search(s))
-                                   for s in sentences)
+    return bool(sentences) and all(small(s) for s in sentences)
 
 
 # --- chunking -------------------------------------------------------------
