@@ -377,6 +377,11 @@ async def test_summarize_mode_stores_transcript_and_summary(tmp_path):
         await wait_until(pilot, lambda: app.session_id is not None)
         assert app.task_mode == "summarize"
 
+        # a one-line transcript that starts like a home-folder path ("~user") is still sent
+        await send(pilot, "~2 weeks of cough; patient reports night fever")
+        assert stored != messages(app.store, app.session_id)
+        assert messages(app.store, app.session_id)[-2]["content"] == "~2 weeks of cough; patient reports night fever"
+
 
 async def test_mode_tabs_are_clickable(tmp_path):
     app = make_app(tmp_path)
@@ -406,6 +411,12 @@ async def test_summarize_from_a_file(tmp_path):
         assert session["title"] == "Summary: visit.txt"
         assert session["messages"][0]["meta"]["source"] == "visit.txt"
         assert session["messages"][1]["content"] == SUMMARY
+        # The file's name goes only with the file's text: replaced before sending, it is not the source.
+        await pilot.press("ctrl+n")
+        assert await app.load_transcript(str(path))
+        await send(pilot, "Doctor: Any allergies?\nPatient: Penicillin.")
+        session = app.store.get_session(app.session_id)
+        assert session["title"] != "Summary: visit.txt" and "source" not in session["messages"][0]["meta"]
 
 
 async def test_a_file_path_that_cannot_be_loaded_is_never_summarized_as_text(tmp_path):
@@ -422,30 +433,6 @@ async def test_a_file_path_that_cannot_be_loaded_is_never_summarized_as_text(tmp
         assert any("holds no text" in n for n in notifications(app))
         assert not app.turns and not backend.prompts and app.session_id is None
         assert app.query_one("#prompt", TextArea).text == str(empty)  # left for the user to fix
-
-
-async def test_the_loaded_file_name_does_not_stick_to_other_text(tmp_path):
-    path = tmp_path / "visit.txt"
-    path.write_text(TRANSCRIPT)
-    app = make_app(tmp_path, FakeBackend(SUMMARY))
-    async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
-        assert await app.load_transcript(str(path))
-        other = "Doctor: Any allergies?\nPatient: Penicillin."
-        await send(pilot, other)  # the prompt was replaced before sending
-        session = app.store.get_session(app.session_id)
-        assert session["title"] != "Summary: visit.txt"
-        assert "source" not in session["messages"][0]["meta"]
-
-
-async def test_a_one_line_transcript_starting_with_a_tilde_is_sent(tmp_path):
-    backend = FakeBackend(SUMMARY)
-    app = make_app(tmp_path, backend)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready(pilot)
-        await app.action_set_task("summarize")
-        await send(pilot, "~2 weeks of cough; patient reports night fever")
-        assert app.turns and app.turns[-1].status == "complete" and backend.prompts
 
 
 async def test_brackets_in_notifications_are_text_and_odd_paths_do_not_close_the_app(tmp_path):
