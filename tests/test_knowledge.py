@@ -90,6 +90,19 @@ def test_relevance_threshold(kb):
     assert not kb.is_relevant(kb.search("who won the football world cup"))
 
 
+def test_a_short_question_must_name_the_pages_topic(tmp_path):
+    rows = [("NIDDK/1", "Interstitial Cystitis: treatment",
+             "Bladder training and planned trips to the bathroom can ease interstitial cystitis."),
+            ("NEI/2", "Glaucoma: symptoms", "Glaucoma often has no early symptoms.")]
+    kb = KnowledgeBase(write_kb(tmp_path / "kb.jsonl.gz", rows), cache_dir=tmp_path / "cache")
+    hits = kb.search("Where is the bathroom?")
+    assert hits[0].coverage == pytest.approx(1.0) and hits[0].topic_named == 0  # every word, but not the topic
+    assert not kb.is_relevant(hits)
+    hits = kb.search("Can bladder training ease interstitial cystitis?")
+    assert hits[0].topic_named == 1.0 and kb.is_relevant(hits)
+    kb.close()
+
+
 LYMPHOMA = [
     ("CancerGov/nhl", "Adult Non-Hodgkin Lymphoma: treatment", "Adult non-Hodgkin lymphoma is treated with "
      "chemotherapy. Non-Hodgkin lymphoma differs from Hodgkin lymphoma; Hodgkin lymphoma treatment is described "
