@@ -89,8 +89,9 @@ def _fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
-def fts_query(text: str) -> str:
-    """Free text -> a safe FTS5 query: bare words only, each quoted, OR-ed.
+def fts_query(text: str, limit: int | None = MAX_TERMS) -> str:
+    """Free text -> a safe FTS5 query: bare words only, each quoted, OR-ed; the first
+    `limit` distinct words (None: all of them).
 
     Quoting every term means no user input can reach FTS5 syntax (NEAR, column
     filters, "-", "*", unbalanced quotes)."""
@@ -100,7 +101,7 @@ def fts_query(text: str) -> str:
             continue
         seen.add(word)
         terms.append(f'"{word}"')
-    return " OR ".join(terms[:MAX_TERMS])
+    return " OR ".join(terms[:limit])
 
 
 def _terms_of(match: str) -> str:
@@ -208,7 +209,7 @@ class KnowledgeBase:
         return DEFAULT_MIN_COVERAGE
 
     def search(self, query: str, k: int = 3) -> list[Passage]:
-        match = fts_query(query)
+        match = fts_query(query, limit=None)
         if not match or k <= 0:
             return []
         sql = (
@@ -218,12 +219,28 @@ class KnowledgeBase:
         )
         pool = max(k, RERANK_POOL) if FOCUS_PENALTY else k
         with self._lock:
+            match = self._rarest(match)
             rows = self._con.execute(sql, (TITLE_WEIGHT, TEXT_WEIGHT, match, TITLE_WEIGHT, TEXT_WEIGHT, pool)).fetchall()
             words = _terms_of(match)
             if FOCUS_PENALTY and rows:
                 rows = self._rerank(words, rows)[:k]
             coverage = self._coverage(words, [r[1:3] for r in rows])
         return [Passage(*r[1:7], coverage=c, topic_named=r[7] if len(r) > 7 else 1.0) for r, c in zip(rows, coverage)]
+
+    def _rarest(self, match: str) -> str:
+        """At most MAX_TERMS terms of a long question: the rarest in the index, in their order.
+        A question after a story ("I am 45, ... What causes kidney stones?") used to keep its
+        first words and lose the ones it asks about. Caller holds the lock."""
+        terms = match.split(" OR ")
+        if len(terms) <= MAX_TERMS:
+            return match
+        df = []
+        for stems in self._stems([t.strip('"') for t in terms]):
+            rows = [self._con.execute("SELECT doc FROM temp.vocab WHERE term = ?", (s,)).fetchone() for s in stems]
+            df.append(max((r[0] for r in rows if r), default=0))
+        # Words the index lacks match nothing, so they go last; then the rarest first.
+        keep = set(sorted(range(len(terms)), key=lambda i: (df[i] == 0, df[i], i))[:MAX_TERMS])
+        return " OR ".join(t for i, t in enumerate(terms) if i in keep)
 
     def _stems(self, texts: list[str]) -> list[set[str]]:
         """The index's stemmed terms of each text. Caller holds the lock."""

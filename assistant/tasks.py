@@ -163,6 +163,13 @@ def leans_on_context(question: str) -> bool:
     return len(question.split()) <= 6 or bool(_BACK_REFERENCE.search(question))
 
 
+def _last_question(text: str) -> str | None:
+    """The last sentence ending in "?" of a message of several sentences, else None."""
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
+    asked = [s for s in sentences if s.endswith("?")]
+    return asked[-1] if len(sentences) > 1 and asked else None
+
+
 _ASKS_ABOUT_ME = re.compile(r"\b(?:who are you|what are you|what can you do|how are you)\b", re.IGNORECASE)
 
 
@@ -469,6 +476,9 @@ def answer(
             except KnowledgeError as exc:
                 raise TaskError(str(exc)) from exc
         hits = retrieve_grounding(knowledge, question)
+        asked = _last_question(question)
+        if hits is None and asked:  # a story, then the question: judged on the question alone
+            hits = retrieve_grounding(knowledge, asked)
         # A follow-up that says too little on its own ("what about children?") is read with the
         # last question that was looked up; one that stands alone keeps its own topic.
         last_asked = next((m["content"] for m in reversed(history)

@@ -155,6 +155,13 @@ def test_a_follow_up_is_looked_up_alone_first_and_with_the_last_question_when_it
     assert [s["title"] for s in result.meta["sources"]] == ["Glaucoma: symptoms"]
 
 
+def test_a_story_then_a_question_is_answered_on_the_question(kb):
+    story = ("My grandmother is 80 and lives alone, she reads a lot and walks to the market every day, "
+             "her neighbour helps with the shopping. What are the symptoms of glaucoma?")
+    result = answer(FakeBackend(reply="An answer."), story, knowledge=kb)
+    assert [s["title"] for s in result.meta["sources"]] == ["Glaucoma: symptoms"]
+
+
 def test_accented_words_find_their_page(tmp_path):
     path = tmp_path / "kb.jsonl.gz"
     with gzip.open(path, "wt") as f:

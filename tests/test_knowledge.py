@@ -90,6 +90,17 @@ def test_relevance_threshold(kb):
     assert not kb.is_relevant(kb.search("who won the football world cup"))
 
 
+def test_a_long_question_keeps_the_words_it_asks_about(kb):
+    story = ("I am a retired teacher and my husband and I live near our grandchildren, we walk every morning, "
+             "cook at home, read books, garden in spring, travel to the coast in summer, paint watercolours, "
+             "sing in a choir, volunteer at the library, knit scarves, bake bread and play cards with friends "
+             "on weekends, and lately our doctor mentioned something at a checkup.")
+    question = story + " What are the symptoms of glaucoma?"
+    assert len(fts_query(question, limit=None).split(" OR ")) > 32
+    hits = kb.search(question)
+    assert hits and hits[0].title == "Glaucoma: symptoms"  # the first 32 words held no "glaucoma"
+
+
 def test_a_short_question_must_name_the_pages_topic(tmp_path):
     rows = [("NIDDK/1", "Interstitial Cystitis: treatment",
              "Bladder training and planned trips to the bathroom can ease interstitial cystitis."),
