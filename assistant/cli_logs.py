@@ -222,8 +222,10 @@ def delete(db_path, session_ids, before, yes, vacuum):
             raise click.BadParameter(f"{before!r} is not an ISO date such as 2025-01-31", param_hint="--before")
     with _open(db_path) as st:
         if session_ids:
-            ids = [st.get_session(i)["id"] for i in session_ids]  # fail before deleting anything
-            what = f"{len(ids)} session(s)"
+            sessions = [st.get_session(i) for i in session_ids]  # fail before deleting anything
+            ids = [s["id"] for s in sessions]
+            # Name them: an id prefix stands for a session the user may not have meant.
+            what = f"{len(ids)} session(s): " + "; ".join(f"{s['id']} ({s['title'] or 'Untitled'})" for s in sessions)
         else:
             what = f"every message before {cutoff.isoformat(sep=' ')}"
         if not yes and not click.confirm(f"Permanently delete {what}?"):

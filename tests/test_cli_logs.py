@@ -89,6 +89,7 @@ def test_export_import_round_trip(db, filled, tmp_path):
 
 def test_delete_by_id_asks_unless_yes(db, filled):
     r = run("delete", "--db", db, filled["a"], input="n\n")
+    assert f"Permanently delete 1 session(s): {filled['a']} (Knee pain)?" in r.stdout
     assert "Nothing deleted" in r.stdout and filled["a"] in run("list", "--db", db).stdout
     r = run("delete", "--db", db, filled["a"], "--yes", "--vacuum")
     assert r.exit_code == 0 and "Deleted 1 session" in r.stdout
