@@ -234,13 +234,15 @@ class KnowledgeBase:
         terms = match.split(" OR ")
         if len(terms) <= MAX_TERMS:
             return match
-        df = []
-        for stems in self._stems([t.strip('"') for t in terms]):
-            rows = [self._con.execute("SELECT doc FROM temp.vocab WHERE term = ?", (s,)).fetchone() for s in stems]
-            df.append(max((r[0] for r in rows if r), default=0))
+        df = [max(map(self._df, stems), default=0) for stems in self._stems([t.strip('"') for t in terms])]
         # Words the index lacks match nothing, so they go last; then the rarest first.
         keep = set(sorted(range(len(terms)), key=lambda i: (df[i] == 0, df[i], i))[:MAX_TERMS])
         return " OR ".join(t for i, t in enumerate(terms) if i in keep)
+
+    def _df(self, term: str) -> int:
+        """How many passages hold a stemmed term. Caller holds the lock."""
+        row = self._con.execute("SELECT doc FROM temp.vocab WHERE term = ?", (term,)).fetchone()
+        return row[0] if row else 0
 
     def _stems(self, texts: list[str]) -> list[set[str]]:
         """The index's stemmed terms of each text. Caller holds the lock."""
@@ -272,8 +274,7 @@ class KnowledgeBase:
         stems = self._stems([query_words] + [f"{title} {text}" for text, title in hits])
         weight = {}
         for term in stems[0]:
-            row = self._con.execute("SELECT doc FROM temp.vocab WHERE term = ?", (term,)).fetchone()
-            df = row[0] if row else 0
+            df = self._df(term)
             weight[term] = math.log((self._n - df + 0.5) / (df + 0.5) + 1)
         total = sum(weight.values())
         if not total:

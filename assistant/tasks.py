@@ -163,9 +163,13 @@ def leans_on_context(question: str) -> bool:
     return len(question.split()) <= 6 or bool(_BACK_REFERENCE.search(question))
 
 
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
+
+
 def _last_question(text: str) -> str | None:
     """The last sentence ending in "?" of a message of several sentences, else None."""
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
+    sentences = _sentences(text)
     asked = [s for s in sentences if s.endswith("?")]
     return asked[-1] if len(sentences) > 1 and asked else None
 
@@ -179,10 +183,10 @@ def is_small_talk(text: str) -> bool:
     after a greeting ("ok, aspirin for kids?") is a question, unless it asks about the
     assistant itself."""
     def small(sentence: str) -> bool:
-        asks = sentence.rstrip().endswith("?")
+        asks = sentence.endswith("?")
         return bool(_SMALL_TALK.match(sentence)) and (not asks or bool(_ASKS_ABOUT_ME.search(sentence)))
 
-    sentences = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
+    sentences = _sentences(text)
     return bool(sentences) and all(small(s) for s in sentences)
 
 
