@@ -30,7 +30,10 @@ Several GPUs: launch the same module through accelerate or torchrun,
 
 Each process takes every world_size-th micro-batch, so one optimizer step sees
 batch_size * grad_accum * world_size examples; the loss is the mean over all
-supervised tokens of the step, across processes.
+supervised tokens of the step, across processes. Two processes therefore train
+exactly as one with twice the grad_accum (tested with torchrun on CPU, gloo).
+`accelerate launch` starts one process unless it finds several GPUs; torchrun also
+runs several CPU processes.
 
 Outputs in --out (default runs/<config name>): metrics.jsonl (one line per step
 and per evaluation), checkpoints/step-NNNNNN/, and final/ with
@@ -492,7 +495,10 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
 
     tc, dc = cfg["train"], cfg["data"]
     out = Path(out)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    # cpu=True when there is no GPU: without it accelerate ignores torchrun's process group on
+    # CPU, and each process would train alone on its share of the data, writing the same --out
+    gpu = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not gpu, mixed_precision="bf16" if gpu else "no")
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     ckpt = latest_checkpoint(out)
     if ckpt is not None and not resume:
@@ -634,7 +640,8 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
         if eval_batches and tc["eval_every"] > 0 and (step % tc["eval_every"] == 0 or step == total_steps):
             eval_loss = evaluate(loss_fn, eval_batches, pad_id, device)
             record({"step": step, "eval_loss": eval_loss})
-            bar.write(f"step {step}: eval loss {eval_loss:.4f}")
+            if main:
+                bar.write(f"step {step}: eval loss {eval_loss:.4f}")
         stopping = stop_after is not None and step >= stop_after and step < total_steps
         # the last step is checkpointed too, so that --resume on a finished run changes nothing
         if main and (step % tc["ckpt_every"] == 0 or stopping or step == total_steps):

@@ -313,3 +313,34 @@ def test_cli_short_run(tiny_model_dir, data_dir, tmp_path):
     entries = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in entries if "eval_loss" in e] == [0, 1, 2]
     assert all(e["tokens"] > e["supervised_tokens"] > 0 for e in entries if "loss" in e)
+
+
+def test_two_processes_train_as_one_with_twice_the_accumulation(tiny_model_dir, data_dir, tmp_path):
+    """torchrun with two CPU processes (gloo): each takes every other micro-batch, so the
+    run must match one process accumulating twice as many, step for step."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "two.toml"
+    config.write_text(
+        f'name = "two"\nseed = 7\n[model]\nname = "{tiny_model_dir}"\n'
+        f'[data]\ntrain = "{data_dir / "train.jsonl"}"\nvalid = "{data_dir / "valid.jsonl"}"\nmax_seq_len = 200\n'
+        '[lora]\nr = 4\nalpha = 8\n'
+        '[train]\nlr = 1e-2\nwarmup_steps = 1\nmax_steps = 4\nbatch_size = 3\ngrad_accum = 2\n'
+        'eval_every = 2\neval_batches = 2\nckpt_every = 2\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "finetune.train", "--config", str(config), "--out", str(tmp_path / "two"), "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 steps of 3x4" in done.stderr  # two processes x two micro-batches per step
+    assert done.stderr.count('"final"') == 1  # one summary: only the first process reports
+    assert (done.stdout + done.stderr).count("step 4: eval loss") == 1
+
+    one = T.load_config(config, {"train": {"grad_accum": 4}})
+    T.train(one, tmp_path / "one", progress=False)
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-5)
+    assert len(_losses(tmp_path / "two")) == 4  # one line per step, not one per process
+    a, b = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
