@@ -226,6 +226,28 @@ def run_perplexity(spec, backend: Backend | None, records: list[dict], limit: in
             "tokens": total_tokens, "by_source": out}
 
 
+def machine(backend_name: str | None) -> dict:
+    """What ran the evaluation. llama.cpp's arithmetic follows the CPU's vector extensions
+    (an occasional greedy token flips, and sampled drafts then diverge), so a figure is only
+    comparable with one from the same CPU features: the result records them."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "logical_cpus": os.cpu_count()}
+    if backend_name == "llama.cpp":
+        import llama_cpp
+
+        raw = llama_cpp.llama_print_system_info()
+        info["llama_cpp_features"] = (raw.decode() if isinstance(raw, bytes) else str(raw)).strip(" |")
+    return info
+
+
 def size_on_disk(spec) -> dict:
     def total(path: Path | None) -> int | None:
         if path is None or not path.exists():
@@ -402,6 +424,7 @@ def evaluate(args, backend: Backend | None = None) -> dict:
         "suites": results,
         "decode_tokens_per_s": round(recorder.decode_tokens_per_s(), 1) if recorder and recorder.decode_tokens_per_s() else None,
         "size": size_on_disk(spec) if spec is not None else {"model_bytes": None, "adapter_bytes": None},
+        "machine": machine(inner.name if inner is not None else None),
         "wall_s": round(time.time() - started, 1),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "command": shlex.join(["python", "-m", "finetune.evaluate", *getattr(args, "argv", [])]),

@@ -124,6 +124,8 @@ def test_end_to_end_metrics_and_outputs(data, tmp_path):
     assert 0 < s["medquad"]["rouge1"] < 100
     assert "mts-test2" not in s and not saved["limited"]
     assert saved["decode_tokens_per_s"] == pytest.approx(50)
+    assert saved["machine"]["cpu"] and saved["machine"]["logical_cpus"] >= 1
+    assert "llama_cpp_features" not in saved["machine"]  # a canned backend, not llama.cpp
     # the runtime's prompts: system prompt plus the readable section title
     first = backend.prompts[0]
     assert first[0]["role"] == "system" and "'Chief Complaint'" in first[-1]["content"]
@@ -312,3 +314,8 @@ def test_runs_of_one_model_merge_into_one_bar_group():
     assert [m["label"] for m in merged] == ["base", "tuned+final"]
     assert merged[0]["suites"] == {"meqsum": {"rouge1": 10}, "mts-test1": {"rouge1": 14}}
     assert merged[0]["decode_tokens_per_s"] == 120 and merged[1]["decode_tokens_per_s"] == 90
+
+
+def test_a_llama_cpp_run_records_the_cpu_features_its_arithmetic_follows():
+    info = evaluate.machine("llama.cpp")
+    assert info["cpu"] and info["llama_cpp_features"].startswith("CPU :")  # e.g. "CPU : SSE3 = 1 | AVX = 1 | ..."
