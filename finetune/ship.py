@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ from assistant.paths import DATA_DIR
 from .sources import LICENCES
 
 FILES = ("adapter_config.json", "recipe.json")
+# One folder under data/adapters: "", "." or "a/b" would put the adapter in place of the
+# adapters folder itself (deleting every other one) or outside it.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _check(final: Path) -> dict:
@@ -57,6 +61,9 @@ def _sources(recipe: dict) -> tuple[list[str], int]:
 
 
 def ship(run: Path, name: str, dest_root: Path = DATA_DIR / "adapters", allow_non_commercial: bool = False) -> Path:
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise SystemExit(f"--name {name!r}: an adapter's name is one folder name (letters, digits, '.', '_', '-'), "
+                         "such as health-135m")
     final = run / "final"
     recipe = _check(final)
     sources, unrecorded = _sources(recipe)

@@ -85,3 +85,15 @@ def test_an_adapter_trained_on_non_commercial_data_is_not_shipped_by_default(tmp
         ship(run, "tuned", dest_root=tmp_path / "adapters")
     dest = ship(run, "private", dest_root=tmp_path / "adapters", allow_non_commercial=True)
     assert "dialogsum (CC BY-NC-SA 4.0)" in (dest / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../up", "-x"])
+def test_a_name_that_is_not_one_folder_is_refused_before_anything_moves(tmp_path, name):
+    adapters = tmp_path / "adapters"
+    (adapters / "other").mkdir(parents=True)
+    (adapters / "other" / "kept").write_text("another shipped adapter")
+    run = _run(tmp_path, {"base_model": "smollm2-135m-instruct"})
+    with pytest.raises(SystemExit, match="one folder name"):
+        ship(run, name, dest_root=adapters)
+    assert sorted(p.name for p in adapters.iterdir()) == ["other"]
+    assert (adapters / "other" / "kept").read_text() == "another shipped adapter"
