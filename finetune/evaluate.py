@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -143,12 +144,14 @@ def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions
         opts = tasks.summary_options(max_tokens=opts.max_tokens, repeat_penalty=summary.repeat_penalty)
         result = tasks.summarize(backend, inputs["dialogue"], inputs["section"], options=opts,
                                  best_of=summary.best_of)
-        return result.text, ({"chosen_draft": result.meta["chosen"]} if "chosen" in result.meta else {})
+        # the task's reason: the chosen draft's, or "length" when any part of a chunked transcript was cut
+        return result.text, {"finish_reason": result.stats.finish_reason,
+                             **({"chosen_draft": result.meta["chosen"]} if "chosen" in result.meta else {})}
     if record["task"] == "answer":
         grounded = suite != "medquad-ungrounded"
         result = tasks.answer(backend, inputs["question"], options=opts, grounded=grounded, safety=grounded)
-        return result.text, {"sources": result.meta["sources"], "gold_url": record["meta"].get("url"),
-                             "answered_by": result.model}
+        return result.text, {"finish_reason": result.stats.finish_reason, "sources": result.meta["sources"],
+                             "gold_url": record["meta"].get("url"), "answered_by": result.model}
     builders = {
         "question_summary": lambda: formats.question_summary_messages(inputs["question"]),
         "pubmedqa": lambda: formats.pubmedqa_messages(inputs["question"], inputs["contexts"]),
@@ -184,8 +187,7 @@ def run_generation(backend: StatsRecorder, suite: str, records: list[dict], styl
         before = len(backend.calls)
         text, extra = generate(backend, record, style, opts, suite, summary)
         calls = backend.calls[before:]
-        # With several drafts (one call each), the chosen one's reason, not the last draft's.
-        finish_reason = calls[extra.get("chosen_draft", -1)].finish_reason if calls else None
+        finish_reason = extra.pop("finish_reason", calls[-1].finish_reason if calls else None)
         row = {
             "suite": suite, "id": record["id"], "prediction": text, "reference": record["reference"],
             "completion_tokens": sum(s.completion_tokens for s in calls), "calls": len(calls),
@@ -230,7 +232,6 @@ def machine(backend_name: str | None) -> dict:
     """What ran the evaluation. llama.cpp's arithmetic follows the CPU's vector extensions
     (an occasional greedy token flips, and sampled drafts then diverge), so a figure is only
     comparable with one from the same CPU features: the result records them."""
-    import os
     import platform
 
     cpu = platform.processor() or platform.machine()
@@ -263,6 +264,12 @@ _COLUMNS = ["label", "model", "backend", "prompt", "limit", "MTS-1 R1/R2/RL", "M
             "ACI visit R1/R2/RL", "MeQSum R1/R2/RL", "MedQuAD R1/R2/RL", "PubMedQA acc", "valid PPL", "decode tok/s", "size MB"]
 
 
+def adapter_name(adapter: str | Path) -> str:
+    """A name for an adapter directory: a training run's `runs/NAME/final` is NAME."""
+    path = Path(adapter)
+    return path.parent.name if path.name == "final" and path.parent.name else path.name
+
+
 def summary_row(result: dict) -> list[str]:
     s = result["suites"]
 
@@ -275,7 +282,7 @@ def summary_row(result: dict) -> list[str]:
 
     size = result["size"]["model_bytes"]
     return [
-        result["label"], result["model"] + (f" + {Path(result['adapter']).name}" if result.get("adapter") else ""),
+        result["label"], result["model"] + (f" + {adapter_name(result['adapter'])}" if result.get("adapter") else ""),
         result["backend"], result["prompt_style"], str(result["limit"] or "full"),
         rouge("mts-test1"), rouge("mts-test2"), rouge("aci"), rouge("aci-visit"), rouge("meqsum"), rouge("medquad"),
         num(s.get("pubmedqa", {}).get("accuracy"), ".1f"), num(s.get("ppl", {}).get("ppl"), ".2f"),
@@ -283,22 +290,37 @@ def summary_row(result: dict) -> list[str]:
     ]
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 def update_summary(path: Path, result: dict) -> None:
-    """One row per label: a rerun replaces its row, a new label appends one. Rows written
-    under other columns (an older table) are carried over by column name."""
-    rows: dict[str, str] = {}
+    """One row per label. A rerun of a label fills in the suites it ran and keeps the
+    figures of suites run under that label by other invocations (the suites of one model
+    are often run separately); a new label appends a row. Rows written under other columns
+    (an older table) are carried over by column name; lines outside the table are kept."""
+    rows: dict[str, dict[str, str]] = {}
+    before, after = [], []
     if path.is_file():
         lines = path.read_text(encoding="utf-8").splitlines()
-        old_columns = [c.strip() for c in lines[0].strip().strip("|").split("|")] if lines else []
-        for line in lines[2:]:
-            if line.startswith("| "):
-                cells = [c.strip() for c in line.strip().strip("|").split("|")]
-                by_name = dict(zip(old_columns, cells))
-                rows[cells[0]] = "| " + " | ".join(by_name.get(c, "-") for c in _COLUMNS) + " |"
-    rows[result["label"]] = "| " + " | ".join(summary_row(result)) + " |"
-    header = "| " + " | ".join(_COLUMNS) + " |\n|" + "---|" * len(_COLUMNS) + "\n"
+        start = next((i for i, line in enumerate(lines) if _cells(line)[0] == "label"), None)
+        if start is None:
+            before = lines
+        else:
+            old_columns = _cells(lines[start])
+            before, end = lines[:start], start + 2
+            while end < len(lines) and lines[end].startswith("|"):
+                cells = _cells(lines[end])
+                rows[cells[0]] = dict(zip(old_columns, cells))
+                end += 1
+            after = lines[end:]
+    new = dict(zip(_COLUMNS, summary_row(result)))
+    old = rows.get(result["label"], {})
+    rows[result["label"]] = {c: new[c] if new[c] != "-" or c not in old else old[c] for c in _COLUMNS}
+    table = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS),
+             *("| " + " | ".join(row.get(c, "-") for c in _COLUMNS) + " |" for row in rows.values())]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + "\n".join(rows.values()) + "\n", encoding="utf-8")
+    path.write_text("\n".join([*before, *table, *after]) + "\n", encoding="utf-8")
 
 
 PLOT_METRICS = [  # (bar name, suite, metric)
@@ -308,16 +330,40 @@ PLOT_METRICS = [  # (bar name, suite, metric)
 ]
 
 
-def merge_by_model(results: list[dict]) -> list[dict]:
-    """One entry per model (and adapter): suites run in separate invocations become one bar group."""
+def merge_by_model(results: list[dict], names: Sequence[str] | None = None) -> list[dict]:
+    """One entry per model (and adapter): suites run in separate invocations become one bar
+    group. A suite two runs of one model both hold is taken from the later one, with a warning
+    naming both (they may differ in prompt, limit or decoding)."""
+    names = names or [f"run {i + 1}" for i in range(len(results))]
     merged: dict[tuple, dict] = {}
-    for r in results:
+    given_by: dict[tuple, str] = {}
+    for r, name in zip(results, names):
         key = (r["model"], r.get("adapter"))
-        m = merged.setdefault(key, {"label": Path(r["model"]).name + (f"+{Path(r['adapter']).name}" if r.get("adapter")
+        m = merged.setdefault(key, {"label": Path(r["model"]).name + (f"+{adapter_name(r['adapter'])}" if r.get("adapter")
                                                                       else ""), "suites": {}, "decode_tokens_per_s": None})
+        for suite in r["suites"]:
+            if (key, suite) in given_by:
+                print(f"warning: {suite} of {m['label']} is in both {given_by[key, suite]} and {name}; "
+                      f"the figures of {name} are plotted", file=sys.stderr)
+            given_by[key, suite] = name
         m["suites"].update(r["suites"])
         m["decode_tokens_per_s"] = m["decode_tokens_per_s"] or r.get("decode_tokens_per_s")
     return list(merged.values())
+
+
+def read_results(paths: Sequence[Path]) -> list[dict]:
+    """The result JSONs to plot; anything else is named, not skipped in silence."""
+    results = []
+    for path in paths:
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"{path}: not a result of finetune.evaluate ({exc})") from None
+        if not (isinstance(result, dict) and isinstance(result.get("suites"), dict) and "model" in result):
+            raise SystemExit(f"{path}: not a result of finetune.evaluate (no model and suites; "
+                             "the .predictions.jsonl beside a result is not one either)")
+        results.append(result)
+    return results
 
 
 def bar_values(results: list[dict]) -> tuple[list[tuple], list[list[float]]]:
@@ -382,8 +428,13 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     data = Path(args.data)
     spec = None if backend is not None else resolve(args.model, adapter=args.adapter)
     style_tag = "" if args.prompt_style == "runtime" else f"-{args.prompt_style}"
-    label = args.label or (Path(args.model).name + (f"+{Path(args.adapter).name}" if args.adapter else "")
-                           + style_tag + (f"-limit{args.limit}" if args.limit else ""))
+    # Settings away from the defaults are in the label, so that runs of one model with other
+    # settings get rows of their own in summary.md rather than filling in each other's.
+    label = args.label or (Path(args.model).name + (f"+{adapter_name(args.adapter)}" if args.adapter else "")
+                           + style_tag + (f"-limit{args.limit}" if args.limit else "")
+                           + (f"-best{args.best_of}" if args.best_of else "")
+                           + (f"-rp{args.repeat_penalty:g}" if args.repeat_penalty is not None else "")
+                           + (f"-max{args.max_tokens}" if args.max_tokens != 200 else ""))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -399,7 +450,12 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     best_of = 1 if args.prompt_style == "baseline" else args.best_of
     summary = SummaryDecoding(repeat_penalty=args.repeat_penalty, best_of=best_of)
     results: dict[str, dict] = {}
-    with out.with_suffix(".predictions.jsonl").open("w", encoding="utf-8") as predictions:
+    # Predictions are written as they come (to follow a long run) into a side file that takes
+    # the place of the last run's only when this one ends: a run stopped half-way never leaves
+    # the last complete run's metrics pointing at half a file.
+    predictions_path = out.with_suffix(".predictions.jsonl")
+    partial = predictions_path.with_name(predictions_path.name + ".partial")
+    with partial.open("w", encoding="utf-8") as predictions:
         for suite in gen:
             source, records = selected[suite]
             if not records:
@@ -408,6 +464,10 @@ def evaluate(args, backend: Backend | None = None) -> dict:
             results[suite] = run_generation(recorder, suite, records, args.prompt_style, args.max_tokens, predictions,
                                             summary)
     if "ppl" in suites:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         results["ppl"] = run_perplexity(spec, inner, selected["ppl"][1], args.limit)
     result = {
         "label": label,
@@ -430,7 +490,10 @@ def evaluate(args, backend: Backend | None = None) -> dict:
         "command": shlex.join(["python", "-m", "finetune.evaluate", *getattr(args, "argv", [])]),
         "predictions": out.with_suffix(".predictions.jsonl").name,
     }
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    written = out.with_name(out.name + ".partial")
+    written.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(partial, predictions_path)
+    os.replace(written, out)
     update_summary(Path(args.summary) if args.summary else out.parent / "summary.md", result)
     return result
 
@@ -476,10 +539,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("llama.cpp", "transformers"))
     p.add_argument("--suites", default="mts-test1", help=f"comma-separated: {','.join(SUITES)}")
     p.add_argument("--data", default="build/data/v1")
-    p.add_argument("--limit", type=int, help="first N examples per suite (ppl: per source)")
+    p.add_argument("--limit", type=_at_least_one, help="first N examples per suite (ppl: per source)")
     p.add_argument("--out", required=True, help="metrics JSON; predictions go next to it")
     p.add_argument("--label", help="row name in summary.md (default: from model, adapter, style, limit)")
-    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--max-tokens", type=_at_least_one, default=200)
     p.add_argument("--repeat-penalty", type=float,
                    help="repeat penalty for summaries (default: the app's); sweep it on mts-valid only")
     p.add_argument("--best-of", type=_at_least_one, default=None,
@@ -487,7 +550,7 @@ def parser() -> argparse.ArgumentParser:
                         "MTS-Dialog sections and 1 for others; 1: greedy only); sweep it on validation suites only")
     p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="runtime",
                    help="baseline: the reference baseline's raw prompt for summaries (section code, no system prompt)")
-    p.add_argument("--threads", type=int, help="CPU threads for decoding (default: all cores)")
+    p.add_argument("--threads", type=_at_least_one, help="CPU threads for decoding and perplexity (default: all cores)")
     p.add_argument("--summary", help="Markdown table to update (default: summary.md next to --out)")
     return p
 
@@ -499,8 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("results", nargs="+", type=Path)
         p.add_argument("--out", type=Path, default=Path("finetune/eval.png"))
         a = p.parse_args(argv[1:])
-        plot(merge_by_model([json.loads(f.read_text(encoding="utf-8")) for f in a.results if f.suffix == ".json"]),
-             a.out)
+        plot(merge_by_model(read_results(a.results), [str(f) for f in a.results]), a.out)
         print(f"wrote {a.out}")
         return 0
     args = parser().parse_args(argv)

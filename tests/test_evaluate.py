@@ -230,6 +230,29 @@ def test_summary_rows_are_updated_by_label(data, tmp_path):
     rows = (out.parent / "summary.md").read_text().splitlines()[2:]
     assert [r.split("|")[1].strip() for r in rows] == ["a", "b"]
     assert "0.0 / 0.0 / 0.0" in rows[0]  # a's rerun, now with mts-test2
+    _run(data, out.with_name("a2.json"), "--suites", "mts-test1", "--label", "a")  # another suite of a, run apart
+    rows = (out.parent / "summary.md").read_text().splitlines()[2:]
+    assert len(rows) == 2 and "0.0 / 0.0 / 0.0" in rows[0] and "50.0 / 50.0 / 50.0" in rows[0]  # both kept
+
+
+def test_default_labels_tell_settings_and_adapters_apart(data, tmp_path):
+    out = tmp_path / "eval" / "x.json"
+    labels = [_run(data, out, "--suites", "meqsum", *extra)[0]["label"] for extra in
+              ([], ["--best-of", "1"], ["--repeat-penalty", "1.05"], ["--max-tokens", "50"])]
+    assert labels == ["smollm2-135m-instruct", "smollm2-135m-instruct-best1", "smollm2-135m-instruct-rp1.05",
+                      "smollm2-135m-instruct-max50"]  # --model, by default the embedded one
+    assert evaluate.adapter_name("runs/lr3e-4/final") == "lr3e-4" and evaluate.adapter_name("data/adapters/x") == "x"
+
+
+def test_a_summary_table_inside_notes_keeps_the_notes(data, tmp_path):
+    out = tmp_path / "eval" / "x.json"
+    out.parent.mkdir(parents=True)
+    (out.parent / "summary.md").write_text("# Runs\n\nNotes above.\n")
+    _run(data, out, "--suites", "meqsum", "--label", "one")
+    _run(data, out, "--suites", "meqsum", "--label", "two")
+    text = (out.parent / "summary.md").read_text()
+    assert text.startswith("# Runs\n\nNotes above.\n| label |")
+    assert [l.split("|")[1].strip() for l in text.splitlines()[5:]] == ["one", "two"]
 
 
 def test_limit_and_baseline_prompt(data, tmp_path):
@@ -249,10 +272,49 @@ def test_baseline_prompt_is_refused_for_whole_visits(data, tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_best_of_below_one_is_refused(data, tmp_path, capsys):
+@pytest.mark.parametrize("option, value", [("--best-of", "0"), ("--limit", "0"), ("--limit", "-1"),
+                                           ("--max-tokens", "-3"), ("--threads", "0")])
+def test_counts_below_one_are_refused(tmp_path, capsys, option, value):
     with pytest.raises(SystemExit):
-        evaluate.parser().parse_args(["--out", str(tmp_path / "x.json"), "--best-of", "0"])
-    assert "--best-of: must be at least 1, not 0" in capsys.readouterr().err
+        evaluate.parser().parse_args(["--out", str(tmp_path / "x.json"), option, value])
+    assert f"{option}: must be at least 1, not {value}" in capsys.readouterr().err
+
+
+def test_a_run_stopped_half_way_leaves_the_last_complete_run_as_it_was(data, tmp_path):
+    out = tmp_path / "eval" / "run.json"
+    _run(data, out, "--suites", "mts-test1,meqsum")
+    kept, kept_result = out_predictions(out), out.read_text()
+
+    class Failing(CannedBackend):
+        def stream(self, messages, options=None, cancel=None):
+            if len(self.prompts) == 1:
+                raise KeyboardInterrupt
+            yield from super().stream(messages, options, cancel)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(data, out, "--suites", "mts-test1,meqsum", "--best-of", "1", backend=Failing(REPLIES))
+    assert out_predictions(out) == kept and out.read_text() == kept_result
+    assert len(out.with_suffix(".predictions.jsonl.partial").read_text().splitlines()) == 1  # what it got to
+
+
+def test_a_part_cut_at_the_limit_marks_a_chunked_summary_as_cut(tmp_path):
+    class SmallContext(CannedBackend):
+        context_length = 150  # words: a 300-word transcript is summarized in parts, then merged
+
+        def stream(self, messages, options=None, cancel=None):
+            yield from super().stream(messages, options, cancel)
+            if len(self.prompts) == 1:
+                self.last_stats.finish_reason = "length"  # the first part; the merge, last, stops
+
+    record = {"id": "long/CC", "task": "summarize", "source": "mts-dialog", "reference": "Knee pain.",
+              "meta": {"inputs": {"dialogue": "Patient: my knee hurts. " * 75, "section": "CC"}}}
+    backend = evaluate.StatsRecorder(SmallContext(REPLIES))
+    with (tmp_path / "p.jsonl").open("w") as predictions:
+        scores = evaluate.run_generation(backend, "mts-test1", [record], "runtime", 20, predictions,
+                                         evaluate.SummaryDecoding(best_of=1))
+    row = json.loads((tmp_path / "p.jsonl").read_text())
+    assert row["calls"] > 2 and backend.calls[-1].finish_reason == "stop"
+    assert row["finish_reason"] == "length" and scores["hit_max_tokens"] == 1
 
 
 def test_max_tokens_reaches_the_backend(data, tmp_path):
@@ -296,6 +358,16 @@ def test_plot(data, tmp_path):
     png = tmp_path / "eval.png"
     assert evaluate.main(["plot", str(out), str(out.with_name("y.json")), "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+    for wrong in (out.with_suffix(".predictions.jsonl"), data / "test.jsonl"):
+        with pytest.raises(SystemExit, match=f"{wrong.name}: not a result of finetune.evaluate"):
+            evaluate.main(["plot", str(out), str(wrong), "--out", str(png)])
+
+
+def test_a_suite_two_runs_of_one_model_hold_is_named(capsys):
+    runs = [{"model": "m", "suites": {"meqsum": {"rouge1": 10}}}, {"model": "m", "suites": {"meqsum": {"rouge1": 25}}}]
+    (merged,) = evaluate.merge_by_model(runs, ["full.json", "limit20.json"])
+    assert merged["suites"]["meqsum"]["rouge1"] == 25
+    assert "meqsum of m is in both full.json and limit20.json" in capsys.readouterr().err
 
 
 def test_a_suite_a_run_lacks_gets_no_bar_rather_than_zero():
@@ -311,7 +383,7 @@ def test_runs_of_one_model_merge_into_one_bar_group():
             {"model": "tuned", "adapter": "a/final", "suites": {"meqsum": {"rouge1": 40}}, "decode_tokens_per_s": 90},
             {"model": "base", "suites": {"mts-test1": {"rouge1": 14}}, "decode_tokens_per_s": 120}]
     merged = evaluate.merge_by_model(runs)
-    assert [m["label"] for m in merged] == ["base", "tuned+final"]
+    assert [m["label"] for m in merged] == ["base", "tuned+a"]  # runs/NAME/final is named NAME
     assert merged[0]["suites"] == {"meqsum": {"rouge1": 10}, "mts-test1": {"rouge1": 14}}
     assert merged[0]["decode_tokens_per_s"] == 120 and merged[1]["decode_tokens_per_s"] == 90
 
