@@ -15,6 +15,7 @@ the NLL of the reference tokens only. Results go to --out (metrics), a sibling
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -60,13 +61,25 @@ def suite_of(record: dict) -> str | None:
     return source
 
 
+def spread(records: Sequence[dict], limit: int | None) -> list[dict]:
+    """`limit` records spread over the whole suite, in file order: those whose ids hash
+    lowest. The files are grouped (ACI-Bench by section, MedQuAD by question type), so
+    the first N would be one section or a few question types; the same N come back on
+    every run and on every machine."""
+    if not limit or len(records) <= limit:
+        return list(records)
+    rank = sorted(range(len(records)), key=lambda i: hashlib.sha256(records[i]["id"].encode()).hexdigest())
+    keep = set(rank[:limit])
+    return [r for i, r in enumerate(records) if i in keep]
+
+
 def select(records: Sequence[dict], suite: str, limit: int | None) -> list[dict]:
     suite = suite.removesuffix("-ungrounded")
     if suite in VISIT_SUITES:
         chosen = visits(r for r in records if suite_of(r) == VISIT_SUITES[suite])
     else:
         chosen = [r for r in records if suite_of(r) == suite]
-    return chosen[:limit] if limit else chosen
+    return spread(chosen, limit)
 
 
 def visits(section_records: Iterable[dict]) -> list[dict]:
@@ -206,7 +219,7 @@ def run_generation(backend: StatsRecorder, suite: str, records: list[dict], styl
 
 
 def run_perplexity(spec, backend: Backend | None, records: list[dict], limit: int | None) -> dict:
-    """Per source (first `limit` records of each) and overall, on valid.jsonl."""
+    """Per source (`limit` records of each, spread as `spread` does) and overall, on valid.jsonl."""
     if backend is not None and backend.name == "transformers":
         model, tokenizer = backend.model, backend.tokenizer
     else:
@@ -215,8 +228,8 @@ def run_perplexity(spec, backend: Backend | None, records: list[dict], limit: in
         model, tokenizer = load_model_and_tokenizer(spec)
     by_source = defaultdict(list)
     for r in records:
-        if not limit or len(by_source[r["source"]]) < limit:
-            by_source[r["source"]].append(r)
+        by_source[r["source"]].append(r)
+    by_source = {source: spread(recs, limit) for source, recs in by_source.items()}
     out, total_nll, total_tokens = {}, 0.0, 0
     for source, recs in by_source.items():
         out[source] = metrics.perplexity(model, tokenizer, recs)
@@ -481,6 +494,7 @@ def evaluate(args, backend: Backend | None = None) -> dict:
         "data": str(data),
         "limit": args.limit,
         "limited": bool(args.limit),
+        "limit_selection": "spread by id hash" if args.limit else None,  # earlier results: the first N
         "suites": results,
         "decode_tokens_per_s": round(recorder.decode_tokens_per_s(), 1) if recorder and recorder.decode_tokens_per_s() else None,
         "size": size_on_disk(spec) if spec is not None else {"model_bytes": None, "adapter_bytes": None},
@@ -539,7 +553,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("llama.cpp", "transformers"))
     p.add_argument("--suites", default="mts-test1", help=f"comma-separated: {','.join(SUITES)}")
     p.add_argument("--data", default="build/data/v1")
-    p.add_argument("--limit", type=_at_least_one, help="first N examples per suite (ppl: per source)")
+    p.add_argument("--limit", type=_at_least_one,
+                   help="N examples per suite (ppl: per source), spread over it by a hash of their ids")
     p.add_argument("--out", required=True, help="metrics JSON; predictions go next to it")
     p.add_argument("--label", help="row name in summary.md (default: from model, adapter, style, limit)")
     p.add_argument("--max-tokens", type=_at_least_one, default=200)

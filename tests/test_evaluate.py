@@ -391,3 +391,14 @@ def test_runs_of_one_model_merge_into_one_bar_group():
 def test_a_llama_cpp_run_records_the_cpu_features_its_arithmetic_follows():
     info = evaluate.machine("llama.cpp")
     assert info["cpu"] and info["llama_cpp_features"].startswith("CPU :")  # e.g. "CPU : SSE3 = 1 | AVX = 1 | ..."
+
+
+def test_limit_takes_a_spread_of_the_suite_not_its_first_group():
+    # as the files are written: grouped (ACI-Bench by section), 40 records a group
+    records = [{"id": f"aci/visit{i}/{section}", "n": n} for n, (section, i) in
+               enumerate((s, i) for s in ("Subjective", "Exam", "Results", "Plan") for i in range(40))]
+    chosen = evaluate.spread(records, 20)
+    assert len(chosen) == 20 and chosen == evaluate.spread(list(records), 20)  # the same every run
+    assert len({r["id"].rsplit("/", 1)[1] for r in chosen}) == 4  # every group, not only the first
+    assert [r["n"] for r in chosen] == sorted(r["n"] for r in chosen)  # in file order
+    assert evaluate.spread(records, 500) == records and evaluate.spread(records, None) == records
