@@ -7,7 +7,9 @@
 Generation suites read test.jsonl (`mts-valid`, `aci-valid`, `aci-visit-valid`: valid.jsonl) and decode as
 the app does (a summary of an MTS-Dialog section is the best of nine drafts, the rest is
 greedy) through `load_backend` and `assistant.tasks` (or the finetune.formats builders),
-so what is scored is what a user would get. `ppl` scores valid.jsonl with the transformers model:
+so what is scored is what a user would get, up to one setting: replies stop at --max-tokens,
+200 by default as in the reference baseline, where the app allows 256 tokens for a summary and
+384 for an answer (long whole-visit notes are then scored cut). `ppl` scores valid.jsonl with the transformers model:
 the NLL of the reference tokens only. Results go to --out (metrics), a sibling
 .predictions.jsonl (one line per example) and summary.md next to --out, or --summary
 (one row per label).
