@@ -92,9 +92,23 @@ class TriageConfig:
 
 
 def _merge(base: dict, override: dict) -> dict:
+    """An override adds to the shipped rules; it never takes the others away. Tables merge
+    key by key; a list of [[rule]] or [[scope]] entries adds its entries, one with the id of
+    a shipped entry taking that one's place; a list of words adds its words. (Lists used to
+    replace the shipped ones: a clinic file adding one rule turned off every other.)"""
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        mine = out.get(key)
+        if isinstance(value, dict) and isinstance(mine, dict):
+            out[key] = _merge(mine, value)
+        elif isinstance(value, list) and isinstance(mine, list) and all(isinstance(e, dict) for e in mine):
+            theirs = {e.get("id"): e for e in value if isinstance(e, dict)}
+            out[key] = [theirs.pop(e["id"], e) for e in mine] + [e for e in value if not isinstance(e, dict)
+                                                                 or e.get("id") in theirs]
+        elif isinstance(value, list) and isinstance(mine, list):
+            out[key] = mine + [w for w in value if w not in mine]
+        else:
+            out[key] = value
     return out
 
 
@@ -126,7 +140,7 @@ def load_config(path: str | os.PathLike | None = None) -> TriageConfig:
     where = user or DEFAULT_CONFIG
     try:
         cfg = _build(raw)
-    except (KeyError, TypeError, re.error) as exc:
+    except (KeyError, TypeError, ValueError, re.error) as exc:
         raise SafetyConfigError(f"{where}: not a valid safety config ({type(exc).__name__}: {exc})") from exc
     for level in cfg.messages:
         try:
@@ -140,15 +154,40 @@ def load_config(path: str | os.PathLike | None = None) -> TriageConfig:
     return cfg
 
 
+_RULE_KEYS = {"rule": ({"id", "level", "all"}, {"context", "unless"}), "scope": ({"id", "pattern"}, set())}
+_LEVELS = ("emergency", "crisis")
+
+
 def _unknown_keys(shipped: dict, override: dict) -> str | None:
-    """The first table or key of an override that the shipped rules do not have, described."""
+    """The first table or key of an override that the shipped rules do not have, or a rule
+    an override adds that lacks what a rule needs, described."""
     for table, value in override.items():
         if table not in shipped:
             return f"table [{table}] (known: {', '.join(f'[{t}]' for t in shipped)})"
-        if isinstance(value, dict) and isinstance(shipped[table], dict) and table in ("numbers", "messages"):
+        if type(value) is not type(shipped[table]):
+            return (f"'{table}' as a {type(value).__name__}; the shipped rules have it as a "
+                    + ("table [" + table + "]" if isinstance(shipped[table], dict) else "list [[" + table + "]]"))
+        if isinstance(value, dict) and table in ("numbers", "messages"):
             extra = sorted(set(value) - set(shipped[table]))
             if extra:
                 return f"key '{extra[0]}' in [{table}] (known: {', '.join(shipped[table])})"
+        if table in _RULE_KEYS:
+            needed, optional = _RULE_KEYS[table]
+            ids = [e.get("id") for e in value if isinstance(e, dict)]
+            twice = sorted({i for i in ids if ids.count(i) > 1 and i is not None})
+            if twice:
+                return f"[[{table}]] id '{twice[0]}' given twice"
+            for n, entry in enumerate(value, 1):
+                name = f"[[{table}]] number {n}" + (f" ('{entry['id']}')" if isinstance(entry, dict) and "id" in entry else "")
+                if not isinstance(entry, dict):
+                    return f"{name}: not a table"
+                if needed - set(entry):
+                    return f"{name}: no {', '.join(sorted(needed - set(entry)))}"
+                if set(entry) - needed - optional:
+                    return (f"key '{sorted(set(entry) - needed - optional)[0]}' in {name} "
+                            f"(known: {', '.join(sorted(needed | optional))})")
+                if table == "rule" and entry["level"] not in _LEVELS:
+                    return f"level '{entry['level']}' in {name} (known: {', '.join(_LEVELS)})"
     return None
 
 
