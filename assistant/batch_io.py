@@ -12,6 +12,7 @@ output is only created, or replaced, once there is something to write to it.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -68,6 +69,18 @@ def _bad_utf8(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
+def _encoding_problem(data: bytes) -> str | None:
+    """Text saved in another encoding than UTF-8 (Windows tools often write UTF-16) would
+    otherwise read as one bad line and then lines of NUL-riddled 'records'."""
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "is UTF-32 text; save it as UTF-8"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "is UTF-16 text; save it as UTF-8"
+    if b"\x00" in data:
+        return "holds NUL bytes, so it is not UTF-8 text (UTF-16 without a byte-order mark?); save it as UTF-8"
+    return None
+
+
 def _surrogate(text: str) -> bool:
     """A JSON \\uD83D escape alone decodes to half a character, which no file can hold
     (nor a record's fingerprint or result line be written with)."""
@@ -95,24 +108,37 @@ def _read_any(path: Path, kind: str, id_column: str | None, text_column: str | N
         yield RecordError(str(path), "is a directory, expected a file")
         return
     suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".json", ".csv", ".txt", ".md", ""):
+        yield RecordError(str(path), f"unsupported input type '{suffix}' (use .txt, .jsonl or .csv)")
+        return
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        yield RecordError(str(path), f"cannot read the file: {exc.strerror}")
+        return
+    problem = _encoding_problem(data)
+    if problem:
+        yield RecordError(str(path), problem)
+        return
+    # A byte-order mark, as some editors write at the start of UTF-8 text, is not text.
+    data = data.removeprefix(codecs.BOM_UTF8)
     text_keys = TEXT_KEYS if kind == "summarize" else ("question",)
     if suffix in (".jsonl", ".ndjson"):
-        yield from _read_jsonl(path, text_keys)
+        yield from _read_jsonl(path, data, text_keys)
     elif suffix == ".json":
-        yield from _read_json(path, text_keys)
+        yield from _read_json(path, data, text_keys)
     elif suffix == ".csv":
-        yield from _read_csv(path, id_column, text_column, section_column, text_keys)
-    elif suffix in (".txt", ".md", ""):
-        if kind == "ask":
-            yield from _read_lines(path)
-        else:
-            yield from _read_txt(path)
+        yield from _read_csv(path, data, id_column, text_column, section_column, text_keys)
+    elif kind == "ask":
+        yield from _read_lines(path, data)
     else:
-        yield RecordError(str(path), f"unsupported input type '{suffix}' (use .txt, .jsonl or .csv)")
+        yield from _read_txt(path, data)
 
 
-def _read_txt(path: Path) -> Iterator[Record | RecordError]:
-    text = _decode(path.read_bytes())
+def _read_txt(path: Path, data: bytes) -> Iterator[Record | RecordError]:
+    # Windows line ends would reach the model as extra tokens (and another fingerprint) for
+    # the same transcript: one visit, one note, whichever editor saved it.
+    text = _decode(data).replace("\r\n", "\n").replace("\r", "\n")
     if _bad_utf8(text):
         line = text[: next(i for i, ch in enumerate(text) if "\udc80" <= ch <= "\udcff")].count("\n") + 1
         yield RecordError(f"{path}:{line}", "not valid UTF-8")
@@ -122,9 +148,9 @@ def _read_txt(path: Path) -> Iterator[Record | RecordError]:
         yield Record(id=path.stem, text=text.strip(), source=str(path))
 
 
-def _read_lines(path: Path) -> Iterator[Record | RecordError]:
+def _read_lines(path: Path, data: bytes) -> Iterator[Record | RecordError]:
     """Plain-text questions, one per line; the id is the line number."""
-    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+    for n, raw in enumerate(data.splitlines(), 1):
         line = _decode(raw)
         if _bad_utf8(line):
             yield RecordError(f"{path}:{n}", "not valid UTF-8")
@@ -132,12 +158,10 @@ def _read_lines(path: Path) -> Iterator[Record | RecordError]:
             yield Record(id=str(n), text=line.strip(), source=f"{path}:{n}")
 
 
-def _read_jsonl(path: Path, text_keys: tuple[str, ...]) -> Iterator[Record | RecordError]:
-    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+def _read_jsonl(path: Path, data: bytes, text_keys: tuple[str, ...]) -> Iterator[Record | RecordError]:
+    for n, raw in enumerate(data.splitlines(), 1):
         where = f"{path}:{n}"
         line = _decode(raw)
-        if n == 1:
-            line = line.removeprefix("\ufeff")  # a byte-order mark, as some editors write
         if not line.strip():
             continue
         if _bad_utf8(line):
@@ -151,9 +175,9 @@ def _read_jsonl(path: Path, text_keys: tuple[str, ...]) -> Iterator[Record | Rec
         yield _record(obj, where, text_keys)
 
 
-def _read_json(path: Path, text_keys: tuple[str, ...]) -> Iterator[Record | RecordError]:
+def _read_json(path: Path, data: bytes, text_keys: tuple[str, ...]) -> Iterator[Record | RecordError]:
     """A .json file holds one array of objects (or one object); JSON Lines are read too."""
-    text = _decode(path.read_bytes()).removeprefix("\ufeff")
+    text = _decode(data)
     if _bad_utf8(text):
         line = text[: next(i for i, ch in enumerate(text) if "\udc80" <= ch <= "\udcff")].count("\n") + 1
         yield RecordError(f"{path}:{line}", "not valid UTF-8")
@@ -162,7 +186,7 @@ def _read_json(path: Path, text_keys: tuple[str, ...]) -> Iterator[Record | Reco
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several JSON values: JSON Lines with a .json name
-            yield from _read_jsonl(path, text_keys)
+            yield from _read_jsonl(path, data, text_keys)
         else:
             yield RecordError(f"{path}:{exc.lineno}", f"malformed JSON ({exc.msg} at column {exc.colno})")
         return
@@ -203,9 +227,9 @@ def _pick(columns: list[str], wanted: str | None, defaults: tuple[str, ...]) -> 
     return next((by_name[d] for d in defaults if d in by_name), None)
 
 
-def _read_csv(path: Path, id_column: str | None, text_column: str | None,
+def _read_csv(path: Path, data: bytes, id_column: str | None, text_column: str | None,
               section_column: str | None, text_keys: tuple[str, ...]) -> Iterator[Record | RecordError]:
-    text = _decode(path.read_bytes())
+    text = _decode(data)
     # strict: a quote left open is an error, not every later row pasted into one field.
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
@@ -216,7 +240,7 @@ def _read_csv(path: Path, id_column: str | None, text_column: str | None,
     except csv.Error as exc:
         yield RecordError(f"{path}:1", f"malformed CSV header ({exc})")
         return
-    header = [h.strip().lstrip("\ufeff") for h in header]
+    header = [h.strip() for h in header]
     id_col = _pick(header, id_column, CSV_ID_COLUMNS)
     text_col = _pick(header, text_column, text_keys)
     sec_col = _pick(header, section_column, CSV_SECTION_COLUMNS)
@@ -258,7 +282,7 @@ def _read_csv(path: Path, id_column: str | None, text_column: str | None,
         if not body.strip():
             yield RecordError(where, f"empty '{text_col}'")
             continue
-        yield Record(id=rid, text=body.strip(), source=where,
+        yield Record(id=rid, text=body.replace("\r\n", "\n").replace("\r", "\n").strip(), source=where,
                      section=row[idx[sec_col]].strip() or None if sec_col else None)
 
 

@@ -589,3 +589,37 @@ def test_a_stopped_single_answer_exits_as_stopped(monkeypatch):
     assert run("ask", "Is a cold contagious?").exit_code == 130
     monkeypatch.setattr(cli_module, "answer", real_answer)
     assert run("ask", "Is a cold contagious?").exit_code == 0
+
+
+def test_files_saved_by_windows_tools_read_as_written(tmp_path, fake):
+    from assistant.batch_io import read_records
+
+    # Excel and PowerShell's Export-Csv: a byte-order mark, then every field quoted
+    src = tmp_path / "q.csv"
+    src.write_bytes(b'\xef\xbb\xbf"id","question"\r\n"1","What is asthma?"\r\n')
+    (rec,) = read_records(src, "ask")
+    assert (rec.id, rec.text) == ("1", "What is asthma?")
+    # a .txt of questions with a byte-order mark: not part of the first question
+    src = tmp_path / "q.txt"
+    src.write_bytes(b"\xef\xbb\xbfWhat is asthma?\r\nWhat is gout?\r\n")
+    assert [r.text for r in read_records(src, "ask")] == ["What is asthma?", "What is gout?"]
+    # one transcript, one record, whichever line ends its editor wrote
+    unix, windows = tmp_path / "unix.txt", tmp_path / "windows.txt"
+    unix.write_bytes(b"Doctor: Any allergies?\nPatient: Penicillin.\n")
+    windows.write_bytes(b"\xef\xbb\xbfDoctor: Any allergies?\r\nPatient: Penicillin.\r\n")
+    (a,), (b,) = read_records(unix, "summarize"), read_records(windows, "summarize")
+    assert b.text == a.text and b.fingerprint == a.fingerprint
+
+
+@pytest.mark.parametrize("data, problem", [
+    ("What is asthma?\r\nWhat is gout?\r\n".encode("utf-16"), "is UTF-16 text; save it as UTF-8"),
+    ("What is asthma?\n".encode("utf-32"), "is UTF-32 text; save it as UTF-8"),
+    ("What is asthma?\n".encode("utf-16-le"), "holds NUL bytes"),
+])
+def test_text_in_another_encoding_is_named_not_read_as_records(tmp_path, fake, data, problem):
+    src = tmp_path / "q.txt"
+    src.write_bytes(data)
+    out = tmp_path / "a.jsonl"
+    result = run("ask", "-i", src, "-o", out)
+    assert result.exit_code == 1 and f"{src}: {problem}" in result.output
+    assert not out.exists() and not fake.prompts  # no NUL-riddled 'questions' answered
