@@ -6,7 +6,7 @@ import json
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import click
@@ -109,11 +109,14 @@ def open_log(db: Path | None, no_log: bool) -> Store | None:
 
 
 def logged_answer(store: Store | None, session_id: str | None, be, question: str, history, opts,
-                  token: CancelToken):
+                  token: CancelToken, errors_end_run: bool = True):
     """Answer with streaming to stdout; the question is stored before generation
-    starts and the reply is stored while it streams."""
+    starts and the reply is stored while it streams. With `errors_end_run` False a
+    TaskError or BackendError is raised to the caller (a chat goes on to the next
+    message) instead of ending the program."""
+    answer_errors = user_errors if errors_end_run else nullcontext
     if store is None:
-        with sigint_cancels(token), user_errors():
+        with sigint_cancels(token), answer_errors():
             return answer(be, question, history, opts, on_text=_echo, cancel=token)
     with user_errors():
         store.add_message(session_id, "user", question)
@@ -124,10 +127,10 @@ def logged_answer(store: Store | None, session_id: str | None, be, question: str
         writer.append(piece)
 
     try:
-        with sigint_cancels(token), user_errors():
+        with sigint_cancels(token), answer_errors():
             result = answer(be, question, history, opts, on_text=on_text, cancel=token)
-    except SystemExit:
-        writer.fail("generation failed")
+    except (SystemExit, TaskError, BackendError) as exc:
+        writer.fail(str(exc) if isinstance(exc, (TaskError, BackendError)) else "generation failed")
         raise
     with user_errors():
         stats = result.stats.to_dict()
@@ -183,10 +186,18 @@ def chat(model, adapter, backend, max_tokens, temperature, seed, no_log, db):
         except (EOFError, click.Abort):
             err.print()
             return
+        if not question.strip():
+            continue
         if store is not None and session_id is None:
             with user_errors():
                 session_id = store.new_session("chat", be.model_name, title=_title(question))
-        result = logged_answer(store, session_id, be, question, history, opts, CancelToken())
+        try:
+            result = logged_answer(store, session_id, be, question, history, opts, CancelToken(),
+                                   errors_end_run=False)
+        except (TaskError, BackendError) as exc:
+            # One message the model cannot take (too long, say) must not end the conversation.
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            continue
         _print_sources(result)
         click.echo()
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": result.text}]

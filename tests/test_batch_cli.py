@@ -623,3 +623,23 @@ def test_text_in_another_encoding_is_named_not_read_as_records(tmp_path, fake, d
     result = run("ask", "-i", src, "-o", out)
     assert result.exit_code == 1 and f"{src}: {problem}" in result.output
     assert not out.exists() and not fake.prompts  # no NUL-riddled 'questions' answered
+
+
+def test_chat_goes_on_after_a_message_the_model_cannot_take(tmp_path, monkeypatch):
+    from assistant.store import open_store
+
+    backend = FakeBackend(reply="Asthma narrows the airways.", context_length=700)
+    monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: backend)
+    db = tmp_path / "log.db"
+    typed = "   \n" + "my knee " * 400 + "\nWhat is asthma?\n"  # blank, too long, then a fine one
+    result = CliRunner().invoke(cli, ["chat", "--db", str(db)], input=typed, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "the question is too long for the model" in result.output and "please shorten it" in result.output
+    assert "Asthma narrows the airways." in result.output  # the next message was answered
+    with open_store(db) as st:
+        (session,) = st.list_sessions()
+        messages = st.get_session(session["id"])["messages"]
+    assert [(m["role"], m["status"]) for m in messages] == [
+        ("user", "complete"), ("assistant", "error"), ("user", "complete"), ("assistant", "complete")]
+    assert "too long" in str(messages[1]["meta"])
+    assert messages[2]["content"] == "What is asthma?"
