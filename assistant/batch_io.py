@@ -420,9 +420,8 @@ class OutputWriter:
         if self.format == "jsonl":
             text = json.dumps({**record, "input_fingerprint": fingerprint}, ensure_ascii=False) + "\n"
         else:
-            body = record.get("summary") or record.get("answer") or ""
             text = (f"<!-- id: {json.dumps(str(record['id']))} input: {fingerprint} -->\n## {record['id']}\n\n"
-                    f"{body}\n{MARKDOWN_END}\n\n")
+                    f"{_markdown_body(record)}\n{MARKDOWN_END}\n\n")
         try:
             self._fh.write(text)
             self._fh.flush()
@@ -436,6 +435,21 @@ class OutputWriter:
             self._fh.close()
             self._fh = None
         self._lock.release()
+
+
+def _markdown_body(record: dict) -> str:
+    """A summary as written; an answer under its question, with its triage level when the
+    rules raised one and the sources it cites, so the file reads on its own (a .txt of
+    questions gives only line numbers as ids)."""
+    if "answer" not in record:
+        return record.get("summary") or ""
+    parts = ["\n".join("> " + line for line in record["question"].splitlines())]
+    if record.get("triage", "none") != "none":
+        parts.append(f"**Triage: {record['triage']}**")
+    parts.append(record["answer"])
+    if record.get("sources"):
+        parts.append("Sources:\n" + "\n".join(f"- {s['title']} <{s['url']}>" for s in record["sources"]))
+    return "\n\n".join(parts)
 
 
 class _Lock:

@@ -643,3 +643,16 @@ def test_chat_goes_on_after_a_message_the_model_cannot_take(tmp_path, monkeypatc
         ("user", "complete"), ("assistant", "error"), ("user", "complete"), ("assistant", "complete")]
     assert "too long" in str(messages[1]["meta"])
     assert messages[2]["content"] == "What is asthma?"
+
+
+def test_markdown_answers_carry_their_question_triage_and_sources(tmp_path, fake):
+    src = tmp_path / "q.txt"
+    src.write_text("What are the symptoms of asthma?\nI want to kill myself\n")
+    out = tmp_path / "answers.md"
+    result = run("ask", "-i", src, "-o", out)
+    assert result.exit_code == 0, result.output
+    first, second = out.read_text().split("<!-- end -->")[:2]
+    assert "## 1\n\n> What are the symptoms of asthma?\n\n" in first
+    assert "Sources:\n- " in first and "<http" in first and "Triage" not in first
+    assert "> I want to kill myself\n\n**Triage: crisis**\n\n" in second
+    assert run("ask", "-i", src, "-o", out).exit_code == 0 and out.read_text().count("## ") == 2  # resumes
