@@ -245,6 +245,15 @@ def delete(db_path, session_ids, before, yes, vacuum):
 
 @logs.command()
 @db_option
+def vacuum(db_path):
+    """Rewrite the log so that deleted text is gone from the disk too."""
+    with _open(db_path) as st:
+        st.vacuum()
+    click.echo("Vacuumed.")
+
+
+@logs.command()
+@db_option
 @click.argument("session_id")
 @click.argument("title")
 def rename(db_path, session_id, title):

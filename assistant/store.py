@@ -719,7 +719,7 @@ class Store:
         busy = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         if busy:
             raise StoreError(f"{self.path}: another program is reading the log, so deleted text may still be on "
-                             "disk; close it (the app, another `assistant logs`) and run the vacuum again")
+                             "disk; close it (the app, another `assistant logs`) and run `assistant logs vacuum`")
 
     # -- export / import / backup
 

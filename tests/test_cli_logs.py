@@ -97,6 +97,21 @@ def test_delete_by_id_asks_unless_yes(db, filled):
     assert "No matches" in run("search", "--db", db, "knee").stdout
 
 
+def test_a_vacuum_of_its_own_after_a_reader_kept_deleted_text(db, filled):
+    import sqlite3
+    from pathlib import Path
+
+    reader = sqlite3.connect(db)
+    reader.execute("begin")
+    reader.execute("select count(*) from messages").fetchone()  # an open read holds the WAL
+    r = run("delete", "--db", db, "--before", "2999-01-01", "--yes", "--vacuum")
+    assert r.exit_code == 1 and "run `assistant logs vacuum`" in r.output  # a command that exists
+    reader.close()
+    r = run("vacuum", "--db", db)
+    assert r.exit_code == 0 and "Vacuumed." in r.stdout
+    assert not any(b"Knee pain" in p.read_bytes() for p in Path(db).parent.glob(Path(db).name + "*"))
+
+
 def test_delete_before_date(db, filled):
     tomorrow = (datetime.now() + timedelta(days=1)).date().isoformat()
     yesterday = (datetime.now() - timedelta(days=1)).date().isoformat()
