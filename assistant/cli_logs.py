@@ -104,19 +104,32 @@ def list_cmd(db_path, limit, mode, archived):
     if not rows:
         click.echo("No sessions logged yet.")
         return
+    console = _console()
+    # Widths set here, not left to rich: squeezed, it drops whole columns (the message count
+    # went first on an 80-column terminal). The id, date, mode and count keep their width;
+    # the model name, then the title, give way.
+    mode_w = max(4, *(len(r["mode"]) for r in rows))
+    msgs_w = max(4, *(len(str(r["message_count"])) for r in rows))
+    model_w = min(24, max(5, *(len(r["model"] or "-") for r in rows)))
+    fixed = 26 + 16 + mode_w + msgs_w + 2 * 5  # five gaps of two spaces
+    title_w = console.width - fixed - model_w
+    if title_w < 16:
+        model_w = max(8, model_w - (16 - title_w))
+        title_w = max(5, console.width - fixed - model_w)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
-    table.add_column("id", no_wrap=True, min_width=26)
-    table.add_column("when", no_wrap=True, min_width=16)
-    table.add_column("mode", no_wrap=True, min_width=5)
-    table.add_column("model", no_wrap=True, min_width=5, max_width=20, overflow="ellipsis")
-    table.add_column("title", min_width=10)
-    table.add_column("msgs", justify="right", no_wrap=True, min_width=4)
+    table.add_column("id", no_wrap=True, width=26)
+    table.add_column("when", no_wrap=True, width=16)
+    table.add_column("mode", no_wrap=True, width=mode_w)
+    table.add_column("model", no_wrap=True, width=model_w, overflow="ellipsis")
+    table.add_column("msgs", justify="right", no_wrap=True, width=msgs_w)
+    table.add_column("title", no_wrap=True, width=title_w, overflow="ellipsis")
     for r in rows:
         title = r["title"] or (r["preview"] or "").replace("\n", " ")
         if r["archived"]:
             title = f"[archived] {title}"
-        table.add_row(r["id"], _when(r["updated"]), r["mode"], r["model"] or "-", Text(title, no_wrap=True, overflow="ellipsis"), str(r["message_count"]))
-    _console().print(table)
+        table.add_row(r["id"], _when(r["updated"]), r["mode"], r["model"] or "-", str(r["message_count"]),
+                      Text(title, no_wrap=True, overflow="ellipsis"))
+    console.print(table)
 
 
 @logs.command()

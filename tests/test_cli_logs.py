@@ -45,6 +45,19 @@ def test_list_is_the_default(db, filled):
     assert filled["b"] in r.stdout and filled["a"] not in r.stdout
 
 
+@pytest.mark.parametrize("columns", [80, 100])
+def test_list_keeps_every_column_on_a_common_terminal(db, columns):
+    with Store(db) as st:
+        sid = st.new_session("batch", "smollm2-135m-instruct", title="A title much longer than the room left for it " * 2)
+        for i in range(12):
+            st.add_message(sid, "user", f"question {i}")
+    r = run("list", "--db", db, env={"COLUMNS": str(columns)})
+    header, _, row = r.stdout.splitlines()[:3]
+    assert header.split() == ["id", "when", "mode", "model", "msgs", "title"]
+    assert row.startswith(sid) and " batch " in row and " 12 " in row and "A title" in row
+    assert max(len(line) for line in r.stdout.splitlines()) <= columns
+
+
 def test_list_empty_and_archived(db, filled):
     assert "No sessions" in run("list", "--db", db.with_name("empty.db")).stdout
     assert run("archive", "--db", db, filled["a"]).exit_code == 0
