@@ -6,7 +6,7 @@ Register on the main group with ``cli.add_command(logs)``. Every command takes
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -233,6 +233,11 @@ def delete(db_path, session_ids, before, yes, vacuum):
             cutoff = datetime.fromisoformat(before)
         except ValueError:
             raise click.BadParameter(f"{before!r} is not an ISO date such as 2025-01-31", param_hint="--before")
+        try:  # the log compares UTC times; a date at either end of the calendar has none
+            cutoff.astimezone(timezone.utc)
+        except (OverflowError, ValueError):
+            raise click.BadParameter(f"{before!r} is out of the range of dates the log can compare "
+                                     "(years 1 to 9999 in UTC)", param_hint="--before") from None
     with _open(db_path) as st:
         if session_ids:
             sessions = [st.get_session(i) for i in session_ids]  # fail before deleting anything

@@ -133,6 +133,9 @@ def test_delete_before_date(db, filled):
     assert "Deleted 4 messages and 2 sessions" in r.stdout
     assert "No sessions" in run("list", "--db", db).stdout
     assert run("delete", "--db", db, "--before", "last tuesday", "--yes").exit_code == 2
+    for edge in ("9999-12-31T23:00-05:00", "0001-01-01T00:00+09:00"):  # past either end of the calendar in UTC
+        r = run("delete", "--db", db, "--before", edge, "--yes")
+        assert r.exit_code == 2 and "out of the range of dates" in r.output
 
 
 def test_backup_and_path(db, filled, tmp_path):

@@ -125,6 +125,12 @@ def test_numbers_from_user_config_file(tmp_path):
     assert "116 123" in triage("i want to die", config=cfg).message
 
 
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path):
+    cfg_file = tmp_path / "safety.toml"
+    cfg_file.write_bytes(b'\xef\xbb\xbf[numbers]\nemergency = "112"\n')
+    assert "112" in load_config(cfg_file).render("emergency")
+
+
 def test_numbers_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HEALTH_ASSISTANT_EMERGENCY_NUMBER", "000")
     assert "call 000" in load_config().render("emergency").lower()

@@ -125,7 +125,7 @@ def load_config(path: str | os.PathLike | None = None) -> TriageConfig:
     user = path or os.environ.get(ENV_CONFIG)
     if user:
         try:
-            text = Path(user).read_text(encoding="utf-8")
+            text = Path(user).read_text(encoding="utf-8").removeprefix("\ufeff")  # as Notepad saves it
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise SafetyConfigError(f"{user}: cannot read the safety config: {why}") from exc
