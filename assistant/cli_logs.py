@@ -63,13 +63,14 @@ def db_option(fn):
     )(fn)
 
 
-def _open(db_path: Path | None, create: bool = False) -> Store:
+def _open(db_path: Path | None, create: bool = False, reading: bool = False) -> Store:
     """The log database; only commands that add to it (import) may create it, so a
-    mistyped --db is an error rather than a new empty database."""
+    mistyped --db is an error rather than a new empty database. A command that only
+    reads (`reading`) also reads a log it may not write."""
     path = store_mod.resolve_db_path(db_path)
     if not create and not path.exists():
         raise StoreError(f"{path}: no log database here (nothing logged yet, or a mistyped --db)")
-    return Store(db_path)
+    return Store(db_path, read_only_ok=reading)
 
 
 def _when(iso: str | None) -> str:
@@ -99,7 +100,7 @@ def list_cmd(db_path, limit, mode, archived):
     if not path.exists():  # nothing to list, and listing must not create it
         click.echo(f"No sessions logged yet (no database at {path}).")
         return
-    with _open(db_path) as st:
+    with _open(db_path, reading=True) as st:
         rows = st.list_sessions(limit=limit, mode=mode, include_archived=archived)
     if not rows:
         click.echo("No sessions logged yet.")
@@ -137,7 +138,7 @@ def list_cmd(db_path, limit, mode, archived):
 @click.argument("session_id")
 def show(db_path, session_id):
     """Show one session with all its messages (an id prefix is enough)."""
-    with _open(db_path) as st:
+    with _open(db_path, reading=True) as st:
         s = st.get_session(session_id)
     con = _console()
     con.print(Text(s["title"] or "Untitled session", style="bold"))
@@ -167,7 +168,7 @@ def show(db_path, session_id):
 @click.option("-n", "--limit", default=20, show_default=True)
 def search(db_path, query, limit):
     """Full-text search over every message, best matches first."""
-    with _open(db_path) as st:
+    with _open(db_path, reading=True) as st:
         hits = st.search(query, limit=limit, mark=_MARK)
     if not hits:
         click.echo("No matches.")
@@ -198,7 +199,7 @@ def export(db_path, session_ids, all_, fmt, output):
     """Export sessions as Markdown or JSON (JSON can be imported again)."""
     if not session_ids and not all_:
         raise click.UsageError("give one or more session ids, or --all")
-    with _open(db_path) as st:
+    with _open(db_path, reading=True) as st:
         text = st.export(None if all_ else session_ids, fmt=fmt)
     if output is None:
         click.echo(text, nl=False)
@@ -295,7 +296,7 @@ def archive(db_path, session_id, undo):
 @click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
 def backup(db_path, dest):
     """Copy the database safely, even while the assistant is running."""
-    with _open(db_path) as st:
+    with _open(db_path, reading=True) as st:
         st.backup(dest)
     click.echo(f"Backed up to {dest}")
 
@@ -331,7 +332,7 @@ def status(db_path):
     click.echo(f"Logging: {'on' if store_mod.logging_enabled() else 'off'}")
     click.echo(f"Database: {p}")
     if p.exists():
-        with _open(db_path) as st:
+        with _open(db_path, reading=True) as st:
             info = st.summary()
         click.echo(f"Sessions: {info['sessions']}, messages: {info['messages']}, size: {info['size_bytes'] / 1024:.0f} KiB")
     else:

@@ -359,17 +359,38 @@ def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
     return done
 
 
+def _read_only_connection(path: Path) -> sqlite3.Connection:
+    """A connection that never writes. A log in WAL mode needs its -shm file, which a
+    read-only folder cannot hold; SQLite then opens it only as immutable, which is right
+    for a copy that nothing else writes."""
+    uri = path.resolve().as_uri()
+    try:
+        conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        conn.execute("select count(*) from sqlite_master").fetchone()  # opening is lazy: read once
+        return conn
+    except sqlite3.OperationalError:
+        if os.access(path.parent, os.W_OK):
+            raise
+    conn = sqlite3.connect(uri + "?immutable=1", uri=True, check_same_thread=False)
+    conn.execute("select count(*) from sqlite_master").fetchone()
+    return conn
+
+
 # --- the store --------------------------------------------------------------------------
 
 
 class Store:
     """The session log. Safe to share between threads; several processes may write at once."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, read_only_ok: bool = False):
+        """`read_only_ok`: for a caller that only reads, a log it may not write (a backup on a
+        read-only share, a file of another user's) is opened read-only instead of refused."""
         self.path = resolve_db_path(path)
         self._lock = threading.RLock()
         self._preflight()
-        self.db = self._connect()
+        self.read_only = read_only_ok and self.path.is_file() and not (
+            os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK))
+        self.db = self._connect_read_only() if self.read_only else self._connect()
         self._messages = self.db.table("messages")
         self._sessions = self.db.table("sessions")
         self._runs = self.db.table("batch_runs")
@@ -395,7 +416,7 @@ class Store:
         if header != _SQLITE_HEADER:
             raise self._fail("is not a SQLite database (refusing to touch it)")
         try:
-            conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn = _read_only_connection(p)
             try:
                 known = {fn.__name__ for fn in MIGRATIONS}
                 existing = sqlite_utils.Database(conn, execute_plugins=False)
@@ -451,6 +472,21 @@ class Store:
             if isinstance(e, StoreError):
                 raise
             raise self._fail(_explain(e)) from e
+
+    def _connect_read_only(self) -> sqlite_utils.Database:
+        """Reads without writing a byte: no WAL switch, no migration."""
+        try:
+            conn = _read_only_connection(self.path)
+            applied = set(applied_migrations(sqlite_utils.Database(conn)))
+        except sqlite3.Error as e:
+            raise self._fail(f"cannot read the log here: {_explain(e)}") from e
+        missing = [fn.__name__ for fn in MIGRATIONS if fn.__name__ not in applied]
+        if missing:
+            conn.close()
+            raise self._fail("was written by an older version and cannot be upgraded where it is (no write "
+                             "access); copy it somewhere writable and use --db with the copy")
+        conn.execute("PRAGMA query_only = ON")
+        return sqlite_utils.Database(conn)
 
     def close(self) -> None:
         with self._lock:

@@ -276,3 +276,35 @@ def test_show_and_export_mark_triage_and_regenerated_replies(db):
     with Store(fresh) as st:
         first_reply, second = [m for m in st.get_session(sid)["messages"] if m["role"] == "assistant"]
         assert second["meta"]["replaces"] == first_reply["id"]
+
+
+def test_reading_commands_read_a_log_they_may_not_write(db, filled, tmp_path, monkeypatch):
+    import assistant.store as store_mod
+    from assistant.store import StoreError
+
+    before = db.read_bytes()
+    # as on a read-only share (root, who runs these tests, may write anything, so it is faked)
+    real_access = store_mod.os.access
+    monkeypatch.setattr(store_mod.os, "access", lambda path, mode: mode != store_mod.os.W_OK and real_access(path, mode))
+    assert filled["a"] in run("list", "--db", db).stdout
+    assert "Rest the knee" in run("show", "--db", db, filled["a"]).stdout
+    assert filled["b"] in run("search", "--db", db, "headache").stdout
+    assert '"Knee pain"' in run("export", "--db", db, "--all", "--format", "json").stdout
+    assert "Sessions: 2, messages: 4" in run("status", "--db", db).stdout
+    assert run("backup", "--db", db, tmp_path / "copy.db").exit_code == 0
+    assert db.read_bytes() == before  # not a byte written: no WAL switch, no migration
+    with Store(db, read_only_ok=True) as st, pytest.raises(StoreError, match=str(db)):
+        st.rename_session(filled["a"], "changed")
+    assert db.read_bytes() == before
+    with Store(db, read_only_ok=True) as st:
+        assert st.read_only and st.db.execute("PRAGMA query_only").fetchone()[0] == 1
+    # an older log cannot be upgraded where it is: named, and left as it was
+    import sqlite_utils
+
+    old = tmp_path / "old.db"
+    store_mod.migrate(sqlite_utils.Database(old), upto="m001_initial")
+    old_bytes = old.read_bytes()
+    r = run("list", "--db", old)
+    assert r.exit_code == 1 and "cannot be upgraded where it is" in r.output and old.read_bytes() == old_bytes
+    monkeypatch.undo()
+    assert filled["b"] in run("list", "--db", tmp_path / "copy.db").stdout
