@@ -690,6 +690,21 @@ class Store:
             return list(self.db.query(sql, {"q": match, "open": mark[0], "close": mark[1], "limit": limit,
                                             "mode": mode}))
 
+    def sessions_titled(self, query: str, limit: int = 20, mode: str | None = None) -> list[dict]:
+        """Sessions whose title holds every word of `query` (any case), newest first: a title
+        is what a user names a session by, and message search never sees it."""
+        words = re.findall(r"\w+", query.lower())
+        if not words:
+            return []
+        where = " and ".join("instr(lower(coalesce(title, '')), ?) > 0" for _ in words)
+        params: list = [*words]
+        if mode:
+            where += " and mode = ?"
+            params.append(mode)
+        with self._guard("searching titles"):
+            return list(self.db.query(f"select id, title, mode, updated from sessions where {where} "
+                                      "order by updated desc, id limit ?", [*params, limit]))
+
     def summary(self) -> dict:
         with self._guard("reading the summary"):
             row = self.db.execute(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from . import prompts
-from .backends.base import Backend, CancelToken, GenerationOptions, GenerationStats, Message
+from .backends.base import Backend, BackendError, CancelToken, GenerationOptions, GenerationStats, Message
 
 TextCallback = Callable[[str], None]
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
@@ -66,7 +66,12 @@ def summary_options(**overrides) -> GenerationOptions:
 
 
 class TaskError(ValueError):
-    """The input cannot be processed (for example an empty transcript)."""
+    """The input cannot be processed (for example an empty transcript). `partial`: what
+    was written before the failure (the summaries of a long transcript's finished parts)."""
+
+    def __init__(self, message: str, partial: str = "") -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 def _check_text(text: str, what: str) -> None:
@@ -303,8 +308,22 @@ def summarize(
     part_budget = min(budget, _budget(backend, [_system(), {"role": "user", "content": prompts.render(
         "summarize_part", part="99", parts="99", section=title, dialogue="")}], opts.max_tokens))
     parts = split_to_fit(dialogue, part_budget, backend.count_tokens)
+    summaries: list[str] = []
+    try:
+        return _summarize_parts(backend, parts, summaries, title, opts, part_opts, on_text, cancel, on_progress)
+    except BackendError as exc:
+        if not summaries:
+            raise
+        # Minutes of work on a long visit are not thrown away with the failing call.
+        raise TaskError(f"{exc} (after {len(summaries)} of {len(parts)} parts; their summaries are kept)",
+                        partial="\n".join(summaries)) from exc
+
+
+def _summarize_parts(backend: Backend, parts: list[str], summaries: list[str], title: str,
+                     opts: GenerationOptions, part_opts: GenerationOptions, on_text, cancel, on_progress
+                     ) -> TaskResult:
+    """Summarize each part into `summaries` (the caller keeps them if a call fails), then merge."""
     total: GenerationStats | None = None
-    summaries = []
     calls = 0
     for i, part in enumerate(parts, 1):
         if on_progress:

@@ -430,7 +430,7 @@ async def test_a_file_path_that_cannot_be_loaded_is_never_summarized_as_text(tmp
         app.query_one("#prompt", TextArea).load_text(str(empty))
         await pilot.press("ctrl+s")
         await pilot.pause()
-        assert any("holds no text" in n for n in notifications(app))
+        assert any(f"{empty}: empty transcript" in n for n in notifications(app))
         assert not app.turns and not backend.prompts and app.session_id is None
         assert app.query_one("#prompt", TextArea).text == str(empty)  # left for the user to fix
 
@@ -837,3 +837,127 @@ async def test_quit_waits_for_the_generating_thread_before_freeing_the_model(tmp
         await pilot.press("ctrl+q")
         await wait_until(pilot, lambda: not app.is_running, what="the app to exit")
     assert events == ["prefill", "prefill done, model alive", "close"]
+
+
+async def test_a_reply_whose_question_was_not_stored_is_not_stored_either(tmp_path, monkeypatch):
+    app = make_app(tmp_path, FakeBackend(replies=["Answer ONE.", "Answer TWO."]))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "Question one?")
+        real_add = app.store.add_message
+
+        def locked_once(*args, **kwargs):  # as a write lock held past the busy timeout would
+            monkeypatch.setattr(app.store, "add_message", real_add)
+            raise __import__("assistant.store", fromlist=["StoreError"]).StoreError("database is locked")
+
+        monkeypatch.setattr(app.store, "add_message", locked_once)
+        await send(pilot, "Question two?")
+        assert replies(app)[-1].text == "Answer TWO."  # shown, as the app goes on
+        stored = messages(app.store, app.session_id)
+        assert [(m["role"], m["content"]) for m in stored] == [("user", "Question one?"), ("assistant", "Answer ONE.")]
+        sid = app.session_id
+        await pilot.press("ctrl+n")
+        await app.open_session(sid)
+        assert [(t.question, t.reply) for t in app.turns] == [("Question one?", "Answer ONE.")]
+
+
+def test_a_stored_reply_without_its_question_never_replaces_another_answer():
+    msgs = [  # as an older version stored a reply whose question could not be saved
+        {"id": 1, "role": "user", "content": "Question one?", "status": "complete", "meta": {"task": "ask"}},
+        {"id": 2, "role": "assistant", "content": "Answer ONE.", "status": "complete", "meta": {"task": "ask"}},
+        {"id": 3, "role": "assistant", "content": "Answer TWO.", "status": "complete", "meta": {"task": "ask"}},
+        {"id": 4, "role": "assistant", "content": "Answer ONE again.", "status": "complete",
+         "meta": {"task": "ask", "regenerated": True, "replaces": 3}},
+    ]
+    first, second = turns_from_messages(msgs)
+    assert (first.question, first.reply) == ("Question one?", "Answer ONE.")
+    assert second.user_id is None and second.reply == "Answer ONE again." and "not saved" in second.question
+
+
+async def test_an_error_before_the_model_runs_is_stored_without_the_last_replys_figures(tmp_path):
+    app = make_app(tmp_path, FakeBackend("Short answer.", context_length=200))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "What is gout?")
+        await send(pilot, "my knee " * 150 + "what is it?")  # too long for the model: refused before it runs
+        error = messages(app.store, app.session_id)[-1]
+        assert error["status"] == "error" and "too long" in error["meta"]["error"]
+        assert not error.get("completion_tokens") and not error.get("ttft_s")
+
+
+async def test_transcript_files_are_read_as_the_batch_command_reads_them(tmp_path):
+    app = make_app(tmp_path, FakeBackend(SUMMARY))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        utf16 = tmp_path / "notepad.txt"
+        utf16.write_bytes(TRANSCRIPT.encode("utf-16"))
+        pdf = tmp_path / "visit.pdf"
+        pdf.write_bytes(b"%PDF-1.4 binary")
+        for path, problem in ((utf16, "is UTF-16 text; save it as UTF-8"), (pdf, "unsupported input type '.pdf'")):
+            assert not await app.load_transcript(str(path))
+            await pilot.pause()
+            assert any(f"{path}: {problem}" in n for n in notifications(app))
+        assert app.query_one("#prompt", TextArea).text == ""
+        # a batch file: its first transcript, with the section it names, and word of the others
+        visits = tmp_path / "visits.jsonl"
+        visits.write_text("".join(json.dumps(r) + "\n" for r in (
+            {"id": "v1", "dialogue": TRANSCRIPT, "section": "PLAN"}, {"id": "v2", "dialogue": "Doctor: Hi."})))
+        # as a terminal pastes a dropped file: quoted
+        app.query_one("#prompt", TextArea).load_text(f"'{visits}' ")
+        await app.action_set_task("summarize")
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: app.query_one("#prompt", TextArea).text == TRANSCRIPT)
+        await pilot.pause()
+        assert any("the first of 2 transcripts in visits.jsonl (v1" in n and "section PLAN" in n
+                   for n in notifications(app))
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: idle(app))
+        assert "'Plan' section" in app.backend.prompts[-1][-1]["content"]
+        assert messages(app.store, app.session_id)[0]["meta"]["section"] == "PLAN"
+
+
+async def test_search_finds_titles_and_enter_opens_the_best_hit(tmp_path):
+    app = make_app(tmp_path, FakeBackend("Rest and fluids."))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "What helps a fever?")
+        named = app.session_id
+        app.store.rename_session(named, "Fever in grandma")
+        await pilot.press("ctrl+n")
+        await send(pilot, "Is a fever at night normal?")
+        current = app.session_id
+        app.store.rename_session(current, "Night questions")
+        await pilot.press("ctrl+f")
+        await pilot.press(*"grandma")
+        await pilot.pause()
+        assert [i.row.id for i in app.query(SessionItem)] == [named]  # a word only its title holds
+        app.query_one("#search", Input).value = "fever"
+        await pilot.pause()
+        assert [i.row.id for i in app.query(SessionItem)] == [named, current]  # named by it first
+        await pilot.press("enter")  # to the list, on the best hit (not on the session already open)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.session_id == named)
+
+
+async def test_a_model_error_late_in_a_long_summary_keeps_the_finished_parts(tmp_path):
+    calls = []
+
+    def reply(msgs):
+        calls.append(1)
+        if "Part 1:" in msgs[-1]["content"]:  # the merge
+            raise __import__("assistant.backends.base", fromlist=["BackendError"]).BackendError("the model crashed")
+        return f"Part summary {len(calls)}."
+
+    from assistant.backends import GenerationOptions
+
+    app = make_app(tmp_path, FakeBackend(reply, context_length=400),
+                   summary_options=GenerationOptions(max_tokens=40), summary_best_of=1)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await app.action_set_task("summarize")
+        await send(pilot, "\n".join(f"Doctor: Question {i} about the cough?\nPatient: Answer {i}." for i in range(40)))
+        reply_view = replies(app)[-1]
+        assert reply_view.status == "error" and "Part summary 1." in reply_view.text
+        stored = messages(app.store, app.session_id)[-1]
+        assert stored["status"] == "error" and "Part summary 1." in stored["content"]
+        assert "their summaries are kept" in stored["meta"]["error"]

@@ -124,6 +124,7 @@ class Turn:
     banner: tuple[str, str | None] | None = None  # (level, message)
     meta: dict = field(default_factory=dict)  # what the reply is stored with
     reply_view: ChatMessage | None = None
+    section: str | None = None  # a summary's section, when its file named one
 
 
 @dataclass
@@ -269,7 +270,7 @@ class HealthAssistantApp(App[int]):
         self.job: Job | None = None
         # (file name, text) of the transcript last loaded into the prompt: the name is the
         # source of what is sent only while the prompt still holds that text.
-        self._loaded_transcript: tuple[str, str] | None = None
+        self._loaded_transcript: tuple[str, str, str | None] | None = None  # file name, text, section
 
     # --- set-up ------------------------------------------------------------------
 
@@ -496,10 +497,17 @@ class HealthAssistantApp(App[int]):
         query = self.query_one("#search", Input).value.strip()
         rows: list[SessionRow] = []
         if query:
+            titled = self._db("searching", self.store.sessions_titled, query, limit=100,
+                              mode=self._store_mode) if self.store else None
             hits = self._db("searching", self.store.search, query, limit=100, mark=MARK, mode=self._store_mode,
                             per_session=True) if self.store else None
+            # Sessions named by the query first: the user gave them that title.
+            for t in titled or []:
+                rows.append(SessionRow(t["id"], t["title"] or "Untitled"))
+            listed = {r.id for r in rows}
             for h in hits or []:
-                rows.append(SessionRow(h["session_id"], h.get("title") or "Untitled", h.get("snippet")))
+                if h["session_id"] not in listed:
+                    rows.append(SessionRow(h["session_id"], h.get("title") or "Untitled", h.get("snippet")))
         else:
             sessions = self._db("listing sessions", self.store.list_sessions, limit=200,
                                 mode=self._store_mode) if self.store else None
@@ -517,6 +525,9 @@ class HealthAssistantApp(App[int]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "search":
             self.action_focus_sessions()
+            sessions = self.query_one(SessionList)
+            if event.value.strip() and sessions.children:
+                sessions.index = 0  # Enter on a search means its best hit, not the session already open
 
     async def on_list_view_selected(self, event: ListView.Selected) -> None:
         row = getattr(event.item, "row", None)
@@ -655,6 +666,9 @@ class HealthAssistantApp(App[int]):
                 turn.banner = (level, message)
         elif self._source_of(text):
             user_meta["source"] = self._source_of(text)
+            turn.section = self._loaded_transcript[2]
+            if turn.section:
+                user_meta["section"] = turn.section
         sid = self._ensure_session(text)
         if sid is not None:
             turn.user_id = self._db("saving your message", self.store.add_message, sid, "user", text,
@@ -674,7 +688,7 @@ class HealthAssistantApp(App[int]):
         for t in self.turns:
             if t is before:
                 break
-            if t.task != ASK or t.status == "error" or not t.reply.strip():
+            if t.task != ASK or t.status == "error" or not t.reply.strip() or t.question == UNSAVED_QUESTION:
                 continue
             history += [{"role": "user", "content": t.question}, {"role": "assistant", "content": t.reply}]
         return history
@@ -692,7 +706,9 @@ class HealthAssistantApp(App[int]):
             meta["regenerated"] = True
             meta["replaces"] = replaces
         writer = None
-        if self.session_id is not None:
+        # A reply is stored only after its question: stored alone, it would read as the reply
+        # to the question before it when the session is opened again.
+        if self.session_id is not None and turn.user_id is not None:
             writer = self._db("saving the reply", self.store.start_reply, self.session_id, self.model_name,
                               options.to_dict())
         job = Job(turn=turn, view=view, history=self._history(turn), options=options, writer=writer, meta=meta,
@@ -729,9 +745,10 @@ class HealthAssistantApp(App[int]):
         def on_progress(stage: str, done: int, total: int) -> None:
             self._ui(self._job_progress, job, stage, done, total)
 
+        earlier_stats = getattr(backend, "last_stats", None)
         try:
             if job.turn.task == SUMMARIZE:
-                result = tasks.summarize(backend, job.turn.question, self.section, job.options,
+                result = tasks.summarize(backend, job.turn.question, job.turn.section or self.section, job.options,
                                          on_text=on_text, cancel=job.cancel, on_progress=on_progress,
                                          best_of=self.summary_best_of)
             else:
@@ -742,7 +759,11 @@ class HealthAssistantApp(App[int]):
             message = str(exc) or type(exc).__name__
             if not isinstance(exc, (tasks.TaskError, RuntimeError)):
                 message = f"{type(exc).__name__}: {message}"
-            self._ui(self._job_finished, job, None, message, getattr(backend, "last_stats", None))
+            # An error before the model ran (a question too long) leaves the last reply's figures
+            # there: they are not this reply's.
+            stats = getattr(backend, "last_stats", None)
+            self._ui(self._job_finished, job, None, message, stats if stats is not earlier_stats else None,
+                     getattr(exc, "partial", ""))
             return
         self._ui(self._job_finished, job, result, None)
 
@@ -767,7 +788,7 @@ class HealthAssistantApp(App[int]):
 
     @guarded("Cannot finish the reply")
     async def _job_finished(self, job: Job, result: tasks.TaskResult | None, error: str | None,
-                            error_stats: Any = None) -> None:
+                            error_stats: Any = None, partial: str = "") -> None:
         turn, view = job.turn, job.view
         stats = result.stats if result is not None else error_stats
         status_line = self.query_one(StatusLine)
@@ -781,7 +802,7 @@ class HealthAssistantApp(App[int]):
             if job.forwarder is not None:
                 await job.forwarder.drain()
             if error is not None:
-                await view.end_stream()
+                await view.end_stream(partial or None)  # what was finished before the failure, if any
                 view.set_note(f"⚠ {error}", "error")
                 turn.status = "error"
                 meta["error"] = error
@@ -1031,7 +1052,7 @@ class HealthAssistantApp(App[int]):
     @guarded("Cannot open the file")
     async def load_transcript(self, path: str) -> bool:
         """Put a transcript file's text into the prompt (switching to Summarize)."""
-        p = Path(path)
+        p = _file_named(path) or Path(_unquoted_path(path))
         try:
             p = p.expanduser()
             if not p.is_file():
@@ -1040,22 +1061,30 @@ class HealthAssistantApp(App[int]):
             if p.stat().st_size > MAX_TRANSCRIPT_BYTES:
                 self.notify(f"{p} is too large for a transcript", severity="error", timeout=5)
                 return False
-            text = _read_transcript(p)
-        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: "~name" of no such user
+            record, more = _read_transcript(p)
+        except (OSError, RuntimeError) as exc:  # RuntimeError: "~name" of no such user
             self.report_error(f"Cannot read {p}", exc)
             return False
-        if not text.strip():
-            self.notify(f"{p} holds no text", severity="warning", timeout=5)
+        except ValueError as exc:  # the batch reader's own words: file, line and problem
+            self.notify(str(exc), title="Cannot use the file", severity="error", timeout=10, markup=False)
             return False
         await self.action_set_task(SUMMARIZE)
         if self.task_mode != SUMMARIZE:
             return False
-        self._loaded_transcript = (p.name, text)
+        text = record.text
+        self._loaded_transcript = (p.name, text, record.section)
         prompt = self.query_one("#prompt", TextArea)
         prompt.load_text(text)
         prompt.focus()
         lines = len(text.splitlines())
-        self.notify(f"Loaded {lines} lines from {p.name}: press ctrl+s to summarize.", timeout=5)
+        section = f", section {record.section}" if record.section else ""
+        if more:
+            self.notify(f"Loaded the first of {more + 1} transcripts in {p.name} ({record.id}: {lines} lines"
+                        f"{section}): press ctrl+s to summarize it. `assistant summarize {p.name}` does them all.",
+                        timeout=10, markup=False)
+        else:
+            self.notify(f"Loaded {lines} lines from {p.name}{section}: press ctrl+s to summarize.", timeout=5,
+                        markup=False)
         return True
 
     async def action_quit(self) -> None:
@@ -1113,6 +1142,9 @@ def _note_for(status: str, meta: dict | None) -> str:
     return "\n".join(notes)
 
 
+UNSAVED_QUESTION = "(this question was not saved)"
+
+
 def turns_from_messages(messages: list[dict]) -> list[Turn]:
     """A stored session as turns; a regenerated reply replaces the one before it once it is complete."""
     turns: list[Turn] = []
@@ -1124,9 +1156,14 @@ def turns_from_messages(messages: list[dict]) -> list[Turn]:
             if meta.get("triage") in URGENT_LEVELS:
                 banner = (meta["triage"], meta.get("banner"))
             turns.append(Turn(task=task, question=m["content"], user_id=m["id"], banner=banner,
-                              status="none"))
+                              status="none", section=meta.get("section")))
         elif m["role"] == "assistant" and turns:
             turn = turns[-1]
+            if turn.reply_id is not None and not meta.get("regenerated"):
+                # A second reply that is no regeneration: its question was never stored (an
+                # older version kept such replies). Shown apart, not in place of this answer.
+                turn = Turn(task=turn.task, question=UNSAVED_QUESTION, status="none")
+                turns.append(turn)
             status = m.get("status") or "complete"
             if meta.get("regenerated") and status != "complete" and turn.status == "complete" and turn.reply.strip():
                 continue  # a regeneration that did not finish: the answer before it stands
@@ -1135,26 +1172,64 @@ def turns_from_messages(messages: list[dict]) -> list[Turn]:
     return turns
 
 
-def _looks_like_path(text: str) -> bool:
+def _unquoted_path(text: str) -> str:
+    """A path as a terminal pastes a dropped file: in quotes ('/a b/visit.txt', as GNOME's
+    does), with escaped spaces (/a\\ b/visit.txt, as macOS's does) or as a file:// URI."""
+    text = text.strip()
+    if text.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(text).path)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    if "\\" in text:
+        import shlex
+
+        try:
+            words = shlex.split(text)
+        except ValueError:
+            return text
+        if len(words) == 1:
+            return words[0]
+    return text
+
+
+def _file_named(text: str) -> Path | None:
+    """The file `text` names, as typed or as a terminal pastes a dropped one; None if none."""
     if len(text) > 4096:
-        return False
-    try:
-        return Path(text).expanduser().is_file()
-    except (OSError, ValueError, RuntimeError):  # RuntimeError: "~name" of no such user
-        return False
+        return None
+    for candidate in dict.fromkeys((text.strip(), _unquoted_path(text))):  # as typed first (a\\b on Windows)
+        try:
+            path = Path(candidate).expanduser()
+            if path.is_file():
+                return path
+        except (OSError, ValueError, RuntimeError):  # RuntimeError: "~name" of no such user
+            continue
+    return None
 
 
-def _read_transcript(path: Path) -> str:
-    """A .txt file as it is; the first transcript of a .jsonl / .json / .csv batch file."""
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json", ".csv"):
-        from ..batch_io import Record, read_records
+def _looks_like_path(text: str) -> bool:
+    return _file_named(text) is not None
 
-        for record in read_records(path, "summarize"):
-            if isinstance(record, Record):
-                return record.text
-            raise ValueError(str(record))
-        return ""
-    return path.read_text(encoding="utf-8", errors="replace")
+
+def _read_transcript(path: Path):
+    """(the first transcript of the file, how many more it holds), read as `assistant
+    summarize` reads it: a .txt whole, a .jsonl / .json / .csv record by record (with its
+    section, if it names one). ValueError names the file and what is wrong with it (not
+    UTF-8 or UTF-16 text, no records, an unsupported type such as .pdf)."""
+    from ..batch_io import Record, read_records
+
+    first, more = None, 0
+    for record in read_records(path, "summarize"):
+        if not isinstance(record, Record):
+            if first is None:
+                raise ValueError(str(record))
+            continue
+        if first is None:
+            first = record
+        else:
+            more += 1
+    return first, more
 
 
 def _setup_logging() -> Path | None:
