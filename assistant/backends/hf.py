@@ -67,6 +67,8 @@ def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adap
             tokenizer = AutoTokenizer.from_pretrained(spec.path)
         else:
             model, tokenizer = _from_hub(spec.hub_id, torch_dtype)
+    except NotDownloaded:
+        raise
     except Exception as exc:  # noqa: BLE001 - transformers and safetensors raise many kinds for a bad model
         hint = " (a hub id needs an internet connection)" if spec.hub_id else ""
         raise BackendError(f"could not load model {spec.source}{hint}: {exc}") from exc
@@ -86,21 +88,35 @@ def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adap
     return model, tokenizer
 
 
+ALLOW_DOWNLOAD_ENV = "HEALTH_ASSISTANT_ALLOW_DOWNLOAD"
+
+
+class NotDownloaded(BackendError):
+    """A hub id that is not in the local Hugging Face cache, with downloads not allowed."""
+
+
 def _from_hub(hub_id: str, torch_dtype):
     """A hub model already in the local Hugging Face cache loads from its snapshot folder
     without a network call (given the id, transformers first asks the hub for the newest
     revision and for an adapter config, and with no connection waits through its retries
-    before using the cache); only a model not downloaded yet is fetched."""
+    before using the cache). One not downloaded yet is fetched only when the user has said
+    so ($HEALTH_ASSISTANT_ALLOW_DOWNLOAD=1): the assistant never goes online by itself, and a
+    mistyped local path ("outputs/final") is not looked up on the internet."""
     from huggingface_hub import snapshot_download
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         local = snapshot_download(hub_id, local_files_only=True)
-        return (AutoModelForCausalLM.from_pretrained(local, dtype=torch_dtype),
-                AutoTokenizer.from_pretrained(local))
     except OSError:  # not downloaded (LocalEntryNotFoundError is one), or only in part
+        if os.environ.get(ALLOW_DOWNLOAD_ENV) != "1":
+            raise NotDownloaded(
+                f"{hub_id}: no such local folder, and not a model in the local Hugging Face cache; the "
+                f"assistant does not go online by itself. Download it once (`hf download {hub_id}`, or run "
+                f"with {ALLOW_DOWNLOAD_ENV}=1), or check the path") from None
         return (AutoModelForCausalLM.from_pretrained(hub_id, dtype=torch_dtype),
                 AutoTokenizer.from_pretrained(hub_id))
+    return (AutoModelForCausalLM.from_pretrained(local, dtype=torch_dtype),
+            AutoTokenizer.from_pretrained(local))
 
 
 def drop_gguf_quantizer(model) -> None:
