@@ -54,18 +54,19 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def lora_deltas(adapter_dir: Path, n_head: int, n_head_kv: int, permute_qk: bool = True) -> dict[str, np.ndarray]:
     """GGUF tensor name -> the float32 delta the adapter adds to it."""
-    from safetensors.numpy import load_file
-
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = _read_json(adapter_dir / "adapter_config.json")
     unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save", "fan_in_fan_out")
                    if config.get(k)]
     if unsupported or config.get("bias", "none") != "none":
         raise ModelError(f"{adapter_dir}: adapter options not supported here: {unsupported or ['bias']}")
-    r, alpha = config["r"], config["lora_alpha"]
+    try:
+        r, alpha = int(config["r"]), float(config["lora_alpha"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{adapter_dir / 'adapter_config.json'}: no usable r and lora_alpha ({exc})") from None
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
     pairs: dict[tuple[int, str], dict[str, np.ndarray]] = {}
-    for key, value in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+    for key, value in _read_tensors(adapter_dir / "adapter_model.safetensors").items():
         m = _LORA_KEY.search(key)
         if m is None:
             raise ModelError(f"{adapter_dir}: cannot place adapter tensor {key} in a llama GGUF")
@@ -159,10 +160,32 @@ def _file_type(qtype, base_value: int) -> int:
     return int(gguf.LlamaFileType[name]) if name in gguf.LlamaFileType.__members__ else base_value
 
 
+def _read_json(path: Path) -> dict:
+    """An adapter's JSON file, or a ModelError naming it: a damaged adapter (a download or
+    a copy cut short) is the user's file to fix, not a traceback."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return value
+
+
+def _read_tensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise ModelError(f"{path}: not a readable safetensors file ({exc}); copy the adapter again") from None
+
+
 def base_for(adapter_dir: Path) -> Path:
     """The base GGUF an adapter was trained on (recipe.json's base_model), else the embedded one."""
     recipe = adapter_dir / "recipe.json"
-    name = json.loads(recipe.read_text()).get("base_model") if recipe.is_file() else None
+    name = _read_json(recipe).get("base_model") if recipe.is_file() else None
     if not name:
         return embedded_gguf_path()
     spec = resolve(name)
@@ -229,10 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     qtype = None if args.qtype == "SAME" else args.qtype
     adapter = Path(args.adapter)
-    if args.out:
-        print(build_gguf(_base_path(args.base) if args.base else base_for(adapter), adapter, Path(args.out), qtype))
-    else:
-        print(ensure_built(adapter, args.base, qtype))
+    try:
+        if args.out:
+            print(build_gguf(_base_path(args.base) if args.base else base_for(adapter), adapter, Path(args.out), qtype))
+        else:
+            print(ensure_built(adapter, args.base, qtype))
+    except ModelError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -165,3 +165,23 @@ def test_a_torn_or_stale_build_is_rebuilt_and_old_ones_are_pruned(setup, monkeyp
 def test_rejects_what_it_cannot_build(tmp_path):
     with pytest.raises(bm.ModelError, match="not an adapter directory"):
         bm.ensure_built(tmp_path)
+
+
+def test_a_damaged_adapter_is_named_not_a_traceback(setup, tmp_path, capsys):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(setup["adapter"], damaged)
+    weights = damaged / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(bm.ModelError, match=f"{weights}: not a readable safetensors file"):
+        bm.lora_deltas(damaged, 9, 3)
+    shutil.copy(setup["adapter"] / "adapter_model.safetensors", weights)
+    (damaged / "adapter_config.json").write_text("{bad")
+    with pytest.raises(bm.ModelError, match=r"adapter_config\.json: unreadable"):
+        bm.lora_deltas(damaged, 9, 3)
+    (damaged / "adapter_config.json").write_text('{"r": 8}')
+    with pytest.raises(bm.ModelError, match="no usable r and lora_alpha"):
+        bm.lora_deltas(damaged, 9, 3)
+    with pytest.raises(SystemExit, match=f"error: {tmp_path} is not an adapter directory"):
+        bm.main([str(tmp_path)])

@@ -74,10 +74,14 @@ def load_model_and_tokenizer(spec: ModelSpec, dtype: str = "float32", merge_adap
         raise BackendError(f"could not load model {spec.source}{hint}: {exc}") from exc
     if spec.adapter is not None:
         from peft import PeftModel
+        from safetensors import SafetensorError
 
         try:
             model = PeftModel.from_pretrained(model, str(spec.adapter))
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a size mismatch is a RuntimeError
+        except SafetensorError as exc:
+            raise BackendError(f"the adapter {spec.adapter}: its weights file is unreadable ({exc}); "
+                               "copy the adapter again") from exc
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise BackendError(f"the adapter {spec.adapter} does not fit {spec.source}: "
                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         if merge_adapter:
