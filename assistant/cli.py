@@ -43,7 +43,8 @@ def generation_options(default_max: int):
     def deco(f):
         f = click.option("--max-tokens", type=click.IntRange(1), default=default_max, show_default=True)(f)
         f = click.option("--temperature", "-t", type=click.FloatRange(0), default=0.0, show_default=True)(f)
-        f = click.option("--seed", type=int, default=0, show_default=True)(f)
+        f = click.option("--seed", type=click.IntRange(0, 2**32 - 2), default=0, show_default=True,
+                         help="Seed for sampling (with --temperature above 0): the same seed, the same text.")(f)
         return f
     return deco
 

@@ -274,6 +274,9 @@ def test_generation_uses_that_penalty_and_not_the_models_own(hf_backend, monkeyp
     hf_backend.generate(QUESTION, GenerationOptions(max_tokens=2, repeat_penalty=1.3))
     assert seen["repetition_penalty"] == 1.0  # a model's generation_config would otherwise add its own
     assert [type(p).__name__ for p in seen["logits_processor"]] == [type(recent_repeat_penalty(1.3, 1)).__name__]
+    # sampling: llama.cpp's order, penalty, top-p on the untempered distribution, temperature
+    hf_backend.generate(QUESTION, GenerationOptions(max_tokens=2, repeat_penalty=1.3, temperature=0.7, top_p=0.95))
+    assert [type(p).__name__ for p in seen["logits_processor"]][1:] == ["TopPLogitsWarper", "TemperatureLogitsWarper"]
 
 
 def test_the_end_of_a_reply_is_not_counted_as_one_of_its_tokens(hf_backend):
@@ -310,3 +313,13 @@ def test_old_dequantized_copies_of_a_model_are_pruned(tmp_path):
         d.mkdir()
     _prune_dequantized(current)
     assert current.exists() and all(d.exists() for d in kept) and not any(d.exists() for d in stale)
+
+
+def test_every_seed_gives_the_same_sample_twice(llama_backend):
+    from assistant.backends import GenerationOptions
+
+    messages = [{"role": "user", "content": "Say something about the sea."}]
+    for seed in (2**32 - 1, -1, 12345):  # llama.cpp itself reads 0xFFFFFFFF as "pick a random seed"
+        opts = GenerationOptions(max_tokens=12, temperature=1.0, seed=seed)
+        first, second = ("".join(llama_backend.stream(messages, opts)) for _ in range(2))
+        assert first == second, seed

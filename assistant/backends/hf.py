@@ -271,9 +271,11 @@ class TransformersBackend(Backend):
         if opts.repeat_penalty != 1.0:
             processors.append(recent_repeat_penalty(opts.repeat_penalty, int(input_ids.shape[1])))
         if sampling:
-            processors.append(TemperatureLogitsWarper(opts.temperature))
+            # llama.cpp's chain: top-p on the untempered distribution, then temperature (at 0.7
+            # the other order keeps a nucleus of ~20 tokens where llama.cpp keeps ~400)
             if opts.top_p < 1.0:
                 processors.append(TopPLogitsWarper(opts.top_p))
+            processors.append(TemperatureLogitsWarper(opts.temperature))
             kwargs.update(temperature=1.0, top_p=1.0, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)

@@ -134,7 +134,9 @@ class LlamaCppBackend(Backend):
         vocab = model.vocab
         is_eog = llama_cpp.llama_vocab_is_eog
         pieces = self._pieces
-        self.llm.set_seed(opts.seed)
+        # llama.cpp takes a uint32 and reads 0xFFFFFFFF as "a random seed": every seed maps
+        # below it, so the same seed always gives the same text (-1 and 2**32 wrapped before).
+        self.llm.set_seed(opts.seed % 0xFFFFFFFF)
         try:
             for token in self.llm.generate(
                 tokens,
