@@ -233,12 +233,20 @@ def ensure_built(adapter_dir: str | Path, base: str | Path | None = None, qtype:
 
 
 def _prune(current: Path) -> None:
-    """Earlier builds of the same adapter (another base or version), and files left by killed builds."""
+    """Earlier builds of the same adapter (another base or version), and files left by killed
+    builds; with each earlier build, its dequantized copy (~0.5 GB, made when the transformers
+    backend loaded it), which is named after that build and so never pruned as its own."""
     stem = re.escape(current.name.rsplit("-", 1)[0])  # adapter name, its folder's hash and the type
     name = re.escape(current.name.rsplit("-", 3)[0])  # the adapter name alone: the naming before stems
-    prune_cache(current.parent, {current.name, current.name + ".size"},
-                stale=re.compile(rf"^(?:{stem}|{name})-[0-9a-f]{{16}}\.gguf(?:\.size)?$"),
+    stale = re.compile(rf"^(?:{stem}|{name})-[0-9a-f]{{16}}\.gguf(?:\.size)?$")
+    earlier = [p.name.removesuffix(".gguf") for p in current.parent.iterdir()
+               if p.name != current.name and p.suffix == ".gguf" and stale.match(p.name)]
+    prune_cache(current.parent, {current.name, current.name + ".size"}, stale=stale,
                 left_behind=re.compile(rf"^\.(?:{stem}|{name})-[0-9a-f]{{16}}\.gguf\.(\d+)\.tmp$"))
+    dequantized = cache_home() / "dequantized"
+    if earlier and dequantized.is_dir():
+        copies = re.compile(rf"^(?:{'|'.join(map(re.escape, earlier))})-[0-9a-f]{{8}}-[0-9a-f]{{16}}(?:\.tmp\d+)?$")
+        prune_cache(dequantized, set(), stale=copies, left_behind=re.compile(r"(?!)"))
 
 
 def main(argv: list[str] | None = None) -> None:

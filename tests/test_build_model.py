@@ -155,11 +155,18 @@ def test_a_torn_or_stale_build_is_rebuilt_and_old_ones_are_pruned(setup, monkeyp
     legacy.write_bytes(b"legacy")
     dead = models / f".{built.name}.999999999.tmp"  # left by a killed build
     dead.write_bytes(b"partial")
+    # dequantized copies, as the transformers backend makes of a build: named after it
+    dequantized = setup["cache"] / "health-assistant" / "dequantized"
+    copies = {p: dequantized / f"{p.stem}-0a1b2c3d-0123456789abcdef" for p in (stale, other, built)}
+    for folder in copies.values():
+        folder.mkdir(parents=True, exist_ok=True)
     built.write_bytes(whole[: len(whole) // 2])  # torn by a crash
     assert bm.ensure_built(setup["adapter"]) == built
     assert built.read_bytes() == whole
     assert not stale.exists() and not dead.exists() and not legacy.exists()
     assert other.exists() and same_name.exists()
+    assert not copies[stale].exists()  # ~0.5 GB each: gone with its build
+    assert copies[other].exists() and copies[built].exists()
 
 
 def test_rejects_what_it_cannot_build(tmp_path):
