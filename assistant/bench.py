@@ -63,11 +63,8 @@ def run_bench(model: str | None, tokens: int, repeats: int, include_transformers
     def raw_stream(messages):
         prompt, _ = project.render_prompt(messages)
         start = time.perf_counter()
-        first, n = None, 0
-        for _ in raw.create_completion(prompt, max_tokens=tokens, temperature=0.0, stream=True):
-            if first is None:
-                first = time.perf_counter() - start
-            n += 1
+        n, first = count_raw_tokens(raw.create_completion(prompt, max_tokens=tokens, temperature=0.0, stream=True),
+                                    start)
         return n, first, time.perf_counter() - start
 
     # Warm both once so neither pays first-call costs inside the measurement.
@@ -110,6 +107,20 @@ def _combine(runs: list[dict]) -> dict:
         "ttft_s": round(statistics.median(r["ttft_s"] for r in runs), 4),
         "samples": sum(r["samples"] for r in runs),
     }
+
+
+def count_raw_tokens(chunks, start: float) -> tuple[int, float | None]:
+    """(tokens, seconds to the first) of a llama-cpp-python completion stream. Its closing
+    chunk, empty, only says why it stopped: counted, it overstated the raw rate."""
+    first, n = None, 0
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        if choice["finish_reason"] is not None and not choice["text"]:
+            continue
+        if first is None:
+            first = time.perf_counter() - start
+        n += 1
+    return n, first
 
 
 def _raw_llama(path, like: LlamaCppBackend):

@@ -129,16 +129,19 @@ def resolve(name: str | None = None, adapter: str | Path | None = None) -> Model
         )
 
     path = Path(name).expanduser()
-    if path.suffix.lower() == ".gguf" or path.is_file():
+    if path.is_file() or (path.suffix.lower() == ".gguf" and not path.is_dir()):
         check_gguf(path)
         return ModelSpec(name=path.name, kind="gguf", path=path.resolve(), adapter=adapter_path,
                          gguf_file=path.name)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            ggufs = sorted(path.glob("*.gguf"))
+            ggufs = sorted(p for p in path.iterdir() if p.suffix.lower() == ".gguf" and p.is_file())
             if len(ggufs) == 1:
                 return resolve(str(ggufs[0]), adapter)
-            raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)")
+            if ggufs:
+                raise ModelError(f"{path} holds {len(ggufs)} GGUF files ({', '.join(p.name for p in ggufs[:5])}): "
+                                 "name the one to use")
+            raise ModelError(f"{path} is not a Hugging Face model directory (no config.json) and holds no .gguf file")
         return ModelSpec(name=path.name, kind="hf", path=path.resolve(), adapter=adapter_path)
     # "runs/my-model" where runs/ exists is a mistyped path, not a hub id to look up online.
     if _HUB_ID.match(name) and not name.startswith((".", "/")) and not Path(name.split("/")[0]).exists():

@@ -323,3 +323,14 @@ def test_every_seed_gives_the_same_sample_twice(llama_backend):
         opts = GenerationOptions(max_tokens=12, temperature=1.0, seed=seed)
         first, second = ("".join(llama_backend.stream(messages, opts)) for _ in range(2))
         assert first == second, seed
+
+
+def test_the_runtime_bench_counts_tokens_not_the_closing_chunk():
+    import time
+
+    from assistant.bench import count_raw_tokens
+
+    stream = [{"choices": [{"text": t, "finish_reason": None}]} for t in (" blood", " pressure", "")]
+    stream.append({"choices": [{"text": "", "finish_reason": "length"}]})  # as llama-cpp-python ends a stream
+    n, first = count_raw_tokens(iter(stream), time.perf_counter())
+    assert n == 3 and first is not None  # a token may decode to no text yet (half a character): still a token

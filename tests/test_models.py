@@ -92,3 +92,20 @@ def test_a_mistyped_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     with pytest.raises(ModelError, match="runs/my-checkpoint: no such file or directory"):
         resolve("runs/my-checkpoint")
+
+
+def test_a_folder_of_ggufs_resolves_to_its_one_file_and_names_several(tmp_path):
+    import shutil
+
+    from assistant.models import embedded_gguf_path
+
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    shutil.copy(embedded_gguf_path(), upper / "SmolLM2.Q4_1.GGUF")  # as some tools name them
+    spec = resolve(str(upper))
+    assert spec.kind == "gguf" and spec.path == (upper / "SmolLM2.Q4_1.GGUF").resolve()
+    (upper / "second.gguf").write_bytes(b"")
+    with pytest.raises(ModelError, match=r"holds 2 GGUF files \(SmolLM2\.Q4_1\.GGUF, second\.gguf\): name the one"):
+        resolve(str(upper))
+    with pytest.raises(ModelError, match="no config.json. and holds no .gguf file"):
+        resolve(str(tmp_path / "upper" / ".."))  # tmp_path: a folder with neither
