@@ -70,3 +70,40 @@ def test_default_model_still_chats(tmp_path):
     assert len(reply.split()) >= 3
     assert not reply.lower().startswith(("the patient", "patient", "no ", "denies"))
     assert "don't know" not in reply and "Sources:" not in reply  # small talk skips the library
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "mts-dialog").is_dir(), reason="the source data lives only on dev machines and CI")
+def test_the_fine_tuning_pipeline_runs_short_from_the_source_data(tmp_path):
+    """What RESULTS.md does at full size, small: prepare the data, train the real model a
+    few steps, build its GGUF and evaluate it through the app's task layer."""
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    repo = Path(__file__).resolve().parents[1]
+
+    def step(*args):
+        done = subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, env=env,
+                              cwd=repo, timeout=600)
+        assert done.returncode == 0, f"{args[0]}: {done.stderr[-3000:]}"
+        return done
+
+    data = tmp_path / "v1"
+    step("finetune.prepare_data", "--source", SHARED, "--out", data, "--limit", "12")
+    assert (data / "train.jsonl").is_file() and (data / "test.jsonl").is_file()
+    run_dir = tmp_path / "run"
+    config = tmp_path / "smoke.toml"
+    config.write_text((repo / "finetune/configs/smoke.toml").read_text()
+                      .replace("build/data/v1", str(data)).replace("max_steps = 4", "max_steps = 2"))
+    step("finetune.train", "--config", config, "--limit", "16", "--out", run_dir, "--no-progress")
+    recipe = json.loads((run_dir / "final" / "recipe.json").read_text())
+    assert recipe["steps"] == 2 and recipe["tokens"] > 0
+    gguf = tmp_path / "tuned.gguf"
+    step("assistant.build_model", run_dir / "final", "--out", gguf)
+    out = tmp_path / "eval" / "tuned.json"
+    step("finetune.evaluate", "--model", gguf, "--suites", "mts-valid,meqsum", "--limit", "2", "--best-of", "1",
+         "--max-tokens", "24", "--data", data, "--out", out)
+    result = json.loads(out.read_text())
+    assert result["suites"]["mts-valid"]["n"] == 2 and result["suites"]["meqsum"]["n"] == 2
+    assert 0 <= result["suites"]["mts-valid"]["rouge1"] <= 100 and result["machine"]["llama_cpp_features"]
+    assert len(out.with_suffix(".predictions.jsonl").read_text().splitlines()) == 4
