@@ -137,6 +137,10 @@ def build(source: Path, *, with_dialogsum: bool = False, limit: int | None = Non
             r["meta"]["prompt_tokens"], r["meta"]["target_tokens"] = p, t
         if name == "aci-bench":
             over = [r["id"] for r in recs if r["split"] != "test" and r["meta"]["prompt_tokens"] > aci_max_prompt_tokens]
+            # A validation visit is also scored whole (aci-visit-valid, against its sections
+            # joined): it goes whole, or its note would be scored without a section.
+            long_visits = {i.rsplit("/", 1)[0] for i in over if i.startswith("aci-bench/valid/")}
+            over += [r["id"] for r in recs if r["id"] not in set(over) and r["id"].rsplit("/", 1)[0] in long_visits]
             recs = [r for r in recs if r["id"] not in set(over)]
             notes[name]["max_prompt_tokens"] = aci_max_prompt_tokens
             notes[name]["dropped_over_budget"] = over

@@ -336,3 +336,14 @@ def test_real_mts_dialog():
     # the documented pair (train/valid, train/test1) plus generic one-line allergy dialogues
     assert {"mts-dialog/train/56", "mts-dialog/train/926"} <= set(notes["dropped_overlapping_inputs"]["train"])
     prepare_data.check_leakage(records)
+
+
+def test_a_validation_visit_over_the_budget_in_one_section_goes_whole(source, tmp_path):
+    records, _ = _build(source, tmp_path / "all", aci_max_prompt_tokens=10**6)
+    valid = [r for r in records if r["source"] == "aci-bench" and r["split"] == "valid"]
+    longest = max(valid, key=lambda r: r["meta"]["prompt_tokens"])["id"].rsplit("/", 1)[0]
+    sizes = sorted(r["meta"]["prompt_tokens"] for r in valid if r["id"].startswith(longest + "/"))
+    assert sizes[0] < sizes[-1]  # section names differ in length: a budget between them splits the visit
+    records, manifest = _build(source, tmp_path / "cut", aci_max_prompt_tokens=sizes[0])
+    assert not any(r["id"].startswith(longest + "/") for r in records)  # not some of its sections
+    assert any(r["source"] == "aci-bench" and r["split"] == "valid" for r in records)  # the other visits stay
