@@ -279,7 +279,8 @@ def _clause_at(norm: str, pos: int) -> tuple[int, str]:
 def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False) -> bool:
     start, clause = _clause_at(norm, m.start())
     prefix = " " + norm[start : m.start()].strip() + " "
-    if cfg.ctx["negation"].search(prefix):
+    if cfg.ctx["negation"].search(prefix) and not (
+            "not_negated" in cfg.ctx and cfg.ctx["not_negated"].search(clause)):
         return False
     if cfg.ctx["educational"].search(clause) and not cfg.ctx["personal_now"].search(clause):
         return False
