@@ -154,7 +154,8 @@ _SMALL_TALK = re.compile(
     # about the writer's health ("hello, I have cancer" is a health message, not a greeting;
     # "thanks, have a nice day" and "hi, I'm Sam" are still small talk)
     r"(?![\w\s,']*\b(?:what|why|when|where|which|can|should|does|do|is|my|i have|i've got|i got|"
-    r"pain|hurts?|sick|ill|aches?|fever|cough\w*|cancer|hiv|symptoms?)\b)[\w\s,']{0,20}\W*$",
+    r"pain|hurts?|hurting|sick|ill|aches?|fever|cough\w*|cancer|hiv|symptoms?|dizzy|faint\w*|pregnant|"
+    r"bleed\w*|vomit\w*|nause\w*|dying|sore|swollen|rash|breath\w*|depressed|anxious)\b)[\w\s,']{0,20}\W*$",
     re.IGNORECASE,
 )
 
@@ -476,10 +477,14 @@ def answer(
 
         verdict = triage(question)
         if not verdict.urgent and leans_on_context(question) and not is_small_talk(question):
-            # "Is it a stroke?" right after "his face is drooping": the emergency is still on.
+            # Read with the message before it: "Is it a stroke?" right after "his face is
+            # drooping" keeps the emergency on, and an emergency told in two messages ("my baby
+            # has a fever", then "she is 3 weeks old") is one.
             last_user = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
-            if last_user and triage(last_user).urgent:
-                verdict = triage(f"{last_user} {question}")
+            if last_user:
+                together = triage(f"{last_user} {question}")
+                if together.urgent:
+                    verdict = together
         meta["triage"] = verdict.level
         if verdict.reasons:
             meta["triage_reasons"] = list(verdict.reasons)

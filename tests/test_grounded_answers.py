@@ -123,6 +123,9 @@ def test_prescription_request_gets_general_information_and_a_referral(kb):
     ("Okay, got it, thanks!", True), ("ok I have hiv", False),
     ("ok, aspirin for kids?", False), ("hello, diabetes?", False), ("Okay, and for children?", False),
     ("Hi, who are you?", True),
+    # a health statement after a greeting is a health message, not a greeting
+    ("hi, I am dizzy", False), ("hello, I feel faint", False), ("ok, I am pregnant", False),
+    ("hello, I am bleeding", False), ("Thanks, I'm feeling better", True),
 ])
 def test_small_talk_detection(text, small):
     from assistant.tasks import is_small_talk
@@ -140,6 +143,20 @@ def test_an_emergency_stays_on_for_the_questions_that_follow_it(kb):
         assert result.meta["triage"] == "emergency" and "911" in result.text, follow_up
     assert not be.prompts  # the model was never asked
     assert answer(be, "thanks", history, knowledge=kb).meta["triage"] == "none"  # small talk is small talk
+
+
+@pytest.mark.parametrize("first, then", [
+    ("my baby has a fever of 38.5", "she is 3 weeks old"),
+    ("my chest hurts", "now it's spreading to my left arm and I'm sweating"),
+    ("I'm allergic to peanuts and I ate some", "now my throat feels tight"),
+])
+def test_an_emergency_told_in_two_messages_is_one(kb, first, then):
+    be = FakeBackend(reply="Rest.")
+    assert answer(be, first, knowledge=kb).meta["triage"] == "none"  # not yet an emergency alone
+    history = [{"role": "user", "content": first}, {"role": "assistant", "content": "Rest."}]
+    result = answer(be, then, history, knowledge=kb)
+    assert result.meta["triage"] == "emergency" and "911" in result.text
+    assert len(be.prompts) <= 1  # the model answered the first message only
 
 
 def test_a_follow_up_is_looked_up_alone_first_and_with_the_last_question_when_it_says_too_little(kb):

@@ -91,6 +91,12 @@ def test_negation():
     # Negation only covers its own clause.
     assert triage("I'm not suicidal but sometimes I want to die").level == "crisis"
     assert triage("no fever, but crushing chest pain down my arm").level == "emergency"
+    # ... and stops at "and": the statement after it is a statement of its own
+    assert triage("no one cares and I want to die").level == "crisis"
+    assert triage("my 3 week old baby is not feeding and has a fever").level == "emergency"
+    assert triage("no chest pain and no shortness of breath, just a cough").level == "none"
+    # "never ... like this" makes it worse, not absent
+    assert triage("I have never had chest pain like this and it is going down my arm").level == "emergency"
 
 
 @pytest.mark.parametrize(
@@ -101,6 +107,11 @@ def test_negation():
         ("should I double my metformin dose?", "dose_change"),
         ("can i stop taking my blood pressure pills", "dose_change"),
         ("what is the treatment for glaucoma", None),
+        ("should I stop my antidepressants?", "dose_change"),  # a drug named, not "medication"
+        ("should I stop my warfarin before my dental work?", "dose_change"),
+        ("i want to come off my antidepressants", "dose_change"),
+        ("is this lump cancer", "diagnosis"),
+        ("how do I stop my nosebleed?", None),
     ],
 )
 def test_scope_guard(text, scope):
