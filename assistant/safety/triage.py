@@ -276,15 +276,27 @@ def _clause_at(norm: str, pos: int) -> tuple[int, str]:
     return start, norm[start : end if end >= 0 else len(norm)]
 
 
-def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False) -> bool:
+# A negation cue is at most a few words before its match: the prefix looked at is cut to
+# this many characters, so a long clause of many matches is not scanned once per match.
+_NEGATION_REACH = 120
+
+
+def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False,
+            memo: dict | None = None) -> bool:
     start, clause = _clause_at(norm, m.start())
-    prefix = " " + norm[start : m.start()].strip() + " "
-    if cfg.ctx["negation"].search(prefix) and not (
-            "not_negated" in cfg.ctx and cfg.ctx["not_negated"].search(clause)):
+    prefix = " " + norm[max(start, m.start() - _NEGATION_REACH) : m.start()].strip() + " "
+    memo = {} if memo is None else memo
+
+    def clause_has(key: str) -> bool:  # the same clause for every match in it: searched once
+        if (key, start) not in memo:
+            memo[key, start] = key in cfg.ctx and bool(cfg.ctx[key].search(clause))
+        return memo[key, start]
+
+    if cfg.ctx["negation"].search(prefix) and not clause_has("not_negated"):
         return False
-    if cfg.ctx["educational"].search(clause) and not cfg.ctx["personal_now"].search(clause):
+    if clause_has("educational") and not clause_has("personal_now"):
         return False
-    if context and cfg.ctx["occasional"].search(clause) and not cfg.ctx["happening_now"].search(norm):
+    if context and clause_has("occasional") and not cfg.ctx["happening_now"].search(norm):
         return False
     return True
 
@@ -298,11 +310,11 @@ def _is_question(text: str) -> bool:
     return "?" in text or bool(_QUESTION_START.match(text))
 
 
-def _rule_fires(rule: _Rule, norm: str, cfg: TriageConfig, question: bool) -> bool:
+def _rule_fires(rule: _Rule, norm: str, cfg: TriageConfig, question: bool, memo: dict | None = None) -> bool:
     clauses: list[str] = []  # the clauses of the rule's usable matches
     parts: list[str] = []  # the same, cut at "and": where the match itself is
     for term in rule.terms:
-        usable = [m for m in term.finditer(norm) if _usable(norm, m, cfg, rule.context)]
+        usable = [m for m in term.finditer(norm) if _usable(norm, m, cfg, rule.context, memo)]
         if not usable:
             return False
         for m in usable:
@@ -341,7 +353,8 @@ def triage(text: str, config: TriageConfig | None = None) -> TriageResult:
     cfg = config or default_config()
     norm = normalise(text or "", cfg)
     question = _is_question(text or "")
-    fired = [r for r in cfg.rules if _rule_fires(r, norm, cfg, question)]
+    memo: dict = {}  # per clause: what its framing says (the same for every rule)
+    fired = [r for r in cfg.rules if _rule_fires(r, norm, cfg, question, memo)]
     level = fired[0].level if fired else "none"
     scope = next((sid for sid, pat in cfg.scopes if pat.search(norm)), None)
     return TriageResult(
