@@ -281,6 +281,15 @@ class KnowledgeBase:
             return [0.0] * len(hits)
         return [sum(w for t, w in weight.items() if t in hit) / total for hit in stems[1:]]
 
+    def section_of(self, hit: Passage, section: str) -> Passage | None:
+        """The first passage of `hit`'s page on `section` (a MedQuAD question type such as
+        "symptoms"), whether or not the search found it."""
+        with self._lock:
+            row = self._con.execute(
+                "SELECT text, title, source, url, doc_id FROM passages WHERE (url = ? AND url != '' OR doc_id = ?) "
+                "AND title LIKE ? ORDER BY id LIMIT 1", (hit.url, hit.doc_id, f"%: {section}")).fetchone()
+        return Passage(*row, score=hit.score, coverage=hit.coverage, topic_named=hit.topic_named) if row else None
+
     def is_relevant(self, hits: list[Passage]) -> bool:
         """False when the best hit is too weak to answer from: the caller should
         say it does not know rather than let the model improvise. The question must

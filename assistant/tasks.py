@@ -435,15 +435,57 @@ GROUNDING_PASSAGES = 2
 GROUNDING_CANDIDATES = 5
 
 
+# What a question asks about, by its words, as the knowledge base's sections name it; the
+# first that matches wins, "what is X" only when nothing more particular is asked.
+_SECTION_CUES = [(section, re.compile(cue, re.IGNORECASE)) for section, cue in (
+    ("symptoms", r"\b(?:symptoms?|signs?)\b"),
+    ("treatment", r"\b(?:treat\w*|cures?|cured|therap\w*)\b"),
+    ("inheritance", r"\b(?:inherit\w*|hereditary|passed (?:down|on)|runs? in (?:the )?famil\w*)\b"),
+    ("genetic changes", r"\bgenetic changes?\b|\bgenes? (?:\w+ ){0,2}?(?:related|involved|linked)\b"),
+    ("causes", r"\bcaus\w*\b|\bwhy (?:do|does|did)\b"),
+    ("frequency", r"\bhow (?:common|rare|many people)\b|\bfrequen\w*\b"),
+    ("exams and tests", r"\bdiagnos\w*\b|\btests?\b|\bexams?\b"),
+    ("prevention", r"\bprevent\w*\b|\bavoid (?:getting|catching)\b"),
+    ("susceptibility", r"\bat risk\b|\brisk factors?\b"),
+    ("outlook", r"\boutlook\b|\bprognosis\b|\blife expectancy\b"),
+    ("complications", r"\bcomplications?\b"),
+    ("stages", r"\bstages?\b"),
+    ("research", r"\bresearch\b|\bclinical trials?\b"),
+    ("information", r"^\W*(?:what|who) (?:is|are|'s)\b|\bwhat (?:is|are) (?:an? )?\w+\W*$|\btell me about\b|\bexplain\b"),
+)]
+
+
+_SECTION_ELSEWHERE = {"symptoms": "information", "causes": "genetic changes"}
+
+
+def question_section(query: str) -> str | None:
+    """The section of a page a question asks for ("what are the symptoms of X" ->
+    "symptoms", "what is X" -> "information"), or None."""
+    return next((section for section, cue in _SECTION_CUES if cue.search(query)), None)
+
+
 def retrieve_grounding(knowledge, query: str) -> list | None:
     """The passages an answer to `query` is grounded in: up to GROUNDING_PASSAGES
     relevant passages of the best hit's page, best first; None when nothing in
-    the knowledge base is relevant (the caller says it does not know)."""
+    the knowledge base is relevant (the caller says it does not know). When the
+    question asks for a section of the page ("what is X", "how is X treated"), that
+    section's passage comes first: every passage of a page names its topic, so the
+    search alone ranked the shortest first ("what is preeclampsia" was answered from
+    its inheritance and frequency passages)."""
     hits = knowledge.search(query, k=GROUNDING_CANDIDATES)
     if not knowledge.is_relevant(hits):
         return None
     page = hits[0].url or hits[0].doc_id
-    return [h for h in hits if (h.url or h.doc_id) == page and knowledge.is_relevant([h])][:GROUNDING_PASSAGES]
+    chosen = [h for h in hits if (h.url or h.doc_id) == page and knowledge.is_relevant([h])]
+    section = question_section(query)
+    wanted = None
+    if section and hasattr(knowledge, "section_of"):
+        # Some sites file these under another name (GHR: symptoms in "information").
+        wanted = knowledge.section_of(hits[0], section) or (
+            knowledge.section_of(hits[0], _SECTION_ELSEWHERE[section]) if section in _SECTION_ELSEWHERE else None)
+    if wanted is not None:
+        chosen = [wanted, *(h for h in chosen if h.text != wanted.text)]
+    return chosen[:GROUNDING_PASSAGES]
 
 
 def _fixed(text: str, model: str, on_text: TextCallback | None, meta: dict) -> TaskResult:

@@ -172,8 +172,12 @@ def build(source: Path, out: Path) -> dict:
         for qa in doc["qas"]:
             stats["answers"] += 1
             for text in chunk(qa["answer"]):
-                key = hashlib.sha1(" ".join(text.lower().split()).encode()).hexdigest()
-                if key in seen:  # same text in another document (GARD often copies GHR)
+                # Merged only within one topic (GARD often copies GHR's page on the same
+                # disease): a sentence two diseases share ("inherited in an autosomal dominant
+                # pattern") kept once would leave every page but the first without it.
+                topic = focus_key(doc["focus"], doc["doc_id"])
+                key = hashlib.sha1(f"{topic}\0{' '.join(text.lower().split())}".encode()).hexdigest()
+                if key in seen:  # same text in another document on the same topic
                     stats["duplicate_passages"] += 1
                     first = seen[key]
                     if doc["doc_id"] != first["doc_id"] and doc["doc_id"] not in first.setdefault("also", []):

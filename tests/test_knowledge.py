@@ -248,3 +248,51 @@ def test_shipped_kb(tmp_path):
     splits = json.loads((DEFAULT_KB.parent / "splits.json").read_text())
     assert set(splits["documents"].values()) == {"train", "valid", "test"}
     assert (DEFAULT_KB.parent / "ATTRIBUTION.md").read_text().count("CC BY 4.0") >= 1
+
+
+def test_grounding_puts_the_section_a_question_asks_for_first(tmp_path):
+    from assistant.tasks import question_section, retrieve_grounding
+
+    page = [("GHR/1", "Preeclampsia: information", "Preeclampsia is a complication of pregnancy in which affected "
+             "women develop high blood pressure and protein in the urine, usually after the 20th week. Its symptoms "
+             "include headaches and swelling; without treatment it can damage the kidneys, liver and brain."),
+            ("GHR/1", "Preeclampsia: inheritance", "Preeclampsia often runs in families."),
+            ("GHR/1", "Preeclampsia: frequency", "Preeclampsia is common: it affects 3 to 7 percent of pregnancies.")]
+    path = tmp_path / "kb.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for i, (doc_id, title, text) in enumerate(page):  # one page: one url
+            f.write(json.dumps({"id": i, "doc_id": doc_id, "source": "GHR", "url": "https://example.org/pe",
+                                "focus": "Preeclampsia", "title": title, "text": text}) + "\n")
+        for i, (doc_id, title, text) in enumerate(PASSAGES, len(page)):  # other pages
+            f.write(json.dumps({"id": i, "doc_id": doc_id, "source": doc_id.split("/")[0],
+                                "url": f"https://example.org/{i}", "title": title, "text": text}) + "\n")
+    kb = KnowledgeBase(path, cache_dir=tmp_path / "cache", min_coverage=0.3)
+    assert kb.search("What is preeclampsia?", k=3)[0].title != "Preeclampsia: information"  # short passages win
+    assert [p.title for p in retrieve_grounding(kb, "What is preeclampsia?")][0] == "Preeclampsia: information"
+    assert retrieve_grounding(kb, "How common is preeclampsia?")[0].title == "Preeclampsia: frequency"
+    assert retrieve_grounding(kb, "Is preeclampsia inherited?")[0].title == "Preeclampsia: inheritance"
+    # GHR files symptoms under "information"
+    assert retrieve_grounding(kb, "What are the symptoms of preeclampsia?")[0].title == "Preeclampsia: information"
+    assert question_section("my knee hurts after running") is None
+    kb.close()
+
+
+def test_a_sentence_two_diseases_share_stays_on_both_pages(tmp_path):
+    from finetune.build_kb import build
+
+    source = tmp_path / "medquad"
+    shared = "This condition is inherited in an autosomal dominant pattern, which means one copy of the altered gene is enough."
+    for i, focus in enumerate(("Axenfeld-Rieger syndrome", "Marfan syndrome", "Marfan Syndrome")):
+        folder = source / ("1_GHR_QA" if i < 2 else "2_GARD_QA")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.xml").write_text(
+            f'<Document id="{i}" source="GHR" url="https://example.org/{i}"><Focus>{focus}</Focus><QAPairs>'
+            f'<QAPair pid="1"><Question qid="{i}_1" qtype="inheritance">Is {focus} inherited ?</Question>'
+            f'<Answer>{shared}</Answer></QAPair></QAPairs></Document>')
+    build(source, tmp_path / "kb")
+    with gzip.open(tmp_path / "kb" / "medquad_passages.jsonl.gz", "rt") as f:
+        rows = [json.loads(line) for line in f]
+    titles = sorted(r["title"] for r in rows)
+    # kept for each disease; merged only between two pages on the same one (GARD copying GHR)
+    assert titles == ["Axenfeld-Rieger syndrome: inheritance", "Marfan syndrome: inheritance"]
+    assert [r for r in rows if r["title"].startswith("Marfan")][0]["also"] == ["GARD/2"]
