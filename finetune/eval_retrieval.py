@@ -21,7 +21,7 @@ Embedding re-ranking was tried and not adopted: all-MiniLM-L6-v2 (PyPI gt-all-mi
 cosine mixed 0.3/0.7 with BM25 over the top 20, on 300 VALID questions, moved
 recall@1/3/5 from .79/.92/.96 to .83/.95/.97 (n=300, so +-2.3 points), but cost
 ~94 ms per query for the query embedding alone on this 2-core CPU (goal < 50 ms),
-a 90 MB model, and embedding the 22.9k passages (~6.6 passages/s here: about an
+a 90 MB model, and embedding the 22.9k passages of the time (~6.6 passages/s here: about an
 hour on first use, or ~17 MB more to ship).
 """
 from __future__ import annotations
