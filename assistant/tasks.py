@@ -524,7 +524,7 @@ def answer(
             # has a fever", then "she is 3 weeks old") is one.
             last_user = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
             if last_user:
-                together = triage(f"{last_user} {question}")
+                together = triage(f"{last_user}\n{question}")  # a line break ends the first one's clauses
                 if together.urgent:
                     verdict = together
         meta["triage"] = verdict.level

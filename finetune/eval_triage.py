@@ -18,6 +18,7 @@ before the rules saw it; the first run of each batch is the honest estimate:
 | 5 (24, written before batch 4's fixes, run once after them) | 5/9 (coughing up a lot of blood, hit by a car, a cut that spurts, pills taken twice) | 1/6 (stockpiled pills, a rope, a car into a wall, "nobody would miss me", burning oneself) | 0/9 |
 | 1-3 and 5 (unseen) | 28/36 = 78 % | 10/18 = 56 % | 0/46 |
 | 6 (40 probes of gaps from a review, run once before their fixes) | 0/16 (negation across "and", "cannot speak", aspirin/xanax counts, pregnancy) | 0/10 ("end it", "kms", "no one cares and I want to die") | 7/14 (a stutter, Bell's palsy, an old stroke, "I get wheezy", a popsicle) |
+| 7 (14 probes of batch 6's fixes, run once before their fixes) | 0/7 ("is it from a stroke?", choking on candy) | - | 7/7 ("cannot speak up", bleeding gums in pregnancy) |
 
 Every batch was then used to generalise the rules, so the holdout now passes at
 100 % and is no longer unseen: expect paraphrases the rules have not met to be

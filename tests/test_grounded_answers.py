@@ -149,6 +149,7 @@ def test_an_emergency_stays_on_for_the_questions_that_follow_it(kb):
     ("my baby has a fever of 38.5", "she is 3 weeks old"),
     ("my chest hurts", "now it's spreading to my left arm and I'm sweating"),
     ("I'm allergic to peanuts and I ate some", "now my throat feels tight"),
+    ("my baby is 2 weeks old and not well", "fever too"),  # the first one's "not" stays in it
 ])
 def test_an_emergency_told_in_two_messages_is_one(kb, first, then):
     be = FakeBackend(reply="Rest.")

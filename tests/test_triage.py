@@ -238,6 +238,8 @@ def test_a_clinic_rule_adds_to_the_shipped_ones(tmp_path):
     ('[[rule]]\nid = "x"\nlevel = "emergency"\nall = ["a"]\n[[rule]]\nid = "x"\nlevel = "crisis"\nall = ["b"]\n',
      r"\[\[rule\]\] id 'x' given twice"),
     ('[[rule]]\nid = "x"\nlevel = "emergency"\nall = ["(unclosed"]\n', r"not a valid safety config \(error"),
+    ('[[rule]]\nid = "x"\nlevel = "emergency"\nall = "seizure now"\n', r"'all' in \[\[rule\]\] number 1 \('x'\): not a list"),
+    ('[[rule]]\nid = "x"\nlevel = "emergency"\nall = ["bite"]\ncontext = "false"\n', r"'context' in .*: true or false"),
 ])
 def test_a_clinic_rule_with_a_mistake_is_named(tmp_path, text, problem):
     bad = tmp_path / "clinic.toml"

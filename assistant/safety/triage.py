@@ -188,6 +188,15 @@ def _unknown_keys(shipped: dict, override: dict) -> str | None:
                             f"(known: {', '.join(sorted(needed | optional))})")
                 if table == "rule" and entry["level"] not in _LEVELS:
                     return f"level '{entry['level']}' in {name} (known: {', '.join(_LEVELS)})"
+                # `all = "seizure now"` (a string, not a list) would match any message with an "s"
+                for key in ("all", "unless"):
+                    if key in entry and not (isinstance(entry[key], list) and entry[key]
+                                             and all(isinstance(t, str) and t for t in entry[key])):
+                        return f"'{key}' in {name}: not a list of patterns, such as {key} = ['\\bsnake ?bite']"
+                if "context" in entry and not isinstance(entry["context"], bool):
+                    return f"'context' in {name}: true or false, not {entry['context']!r}"
+                if "pattern" in entry and not (isinstance(entry["pattern"], str) and entry["pattern"]):
+                    return f"'pattern' in {name}: not a pattern"
     return None
 
 
@@ -292,12 +301,17 @@ def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False,
             memo[key, start] = key in cfg.ctx and bool(cfg.ctx[key].search(clause))
         return memo[key, start]
 
-    if cfg.ctx["negation"].search(prefix) and not clause_has("not_negated"):
+    negated = cfg.ctx["negation"].search(prefix)
+    # "never had chest pain like this" is worse, not absent; a "not" beside it still denies
+    if negated and not (negated.group().startswith("never") and clause_has("not_negated")):
         return False
     if clause_has("educational") and not clause_has("personal_now"):
         return False
-    if context and clause_has("occasional") and not cfg.ctx["happening_now"].search(norm):
-        return False
+    if context and clause_has("occasional"):
+        if ("happening_now", -1) not in memo:  # the whole message's: searched once
+            memo["happening_now", -1] = bool(cfg.ctx["happening_now"].search(norm))
+        if not memo["happening_now", -1]:
+            return False
     return True
 
 
