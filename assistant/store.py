@@ -364,13 +364,20 @@ def _read_only_connection(path: Path) -> sqlite3.Connection:
     read-only folder cannot hold; SQLite then opens it only as immutable, which is right
     for a copy that nothing else writes."""
     uri = path.resolve().as_uri()
+    conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     try:
-        conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         conn.execute("select count(*) from sqlite_master").fetchone()  # opening is lazy: read once
         return conn
     except sqlite3.OperationalError:
+        conn.close()
         if os.access(path.parent, os.W_OK):
             raise
+    wal = path.with_name(path.name + "-wal")
+    if wal.is_file() and wal.stat().st_size:
+        # immutable reads the main file only: the latest sessions would be silently missing
+        raise sqlite3.OperationalError(f"{wal.name} beside it holds changes not yet in the main file, and "
+                                       "they cannot be read where nothing may be written; copy both files "
+                                       "somewhere writable")
     conn = sqlite3.connect(uri + "?immutable=1", uri=True, check_same_thread=False)
     conn.execute("select count(*) from sqlite_master").fetchone()
     return conn
