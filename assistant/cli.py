@@ -439,8 +439,9 @@ def _process(task, todo, be, writer, store, run, opts, section, best_of, token, 
                 errors.append(RecordError(r.source, str(exc)))
                 if run is not None:
                     with user_errors():
-                        store.add_batch_item(run[0], r.text, "", model=be.model_name, status="error",
-                                             meta={"id": r.id, "error": str(exc)})
+                        # a long visit's finished part summaries stay in the log with the error
+                        store.add_batch_item(run[0], r.text, getattr(exc, "partial", ""), model=be.model_name,
+                                             status="error", meta={"id": r.id, "error": str(exc)})
                 progress.advance(bar)
                 continue
             if result.cancelled:

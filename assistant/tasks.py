@@ -115,8 +115,9 @@ def _add(total: GenerationStats | None, stats: GenerationStats) -> GenerationSta
     total.prompt_tokens += stats.prompt_tokens
     total.completion_tokens += stats.completion_tokens
     total.total_s += stats.total_s
-    # cancelled beats length beats stop: a part cut at the limit lost facts the merge cannot recover
-    order = ("stop", "length", "cancelled")
+    # error beats cancelled beats length beats stop: a part cut at the limit lost facts the
+    # merge cannot recover
+    order = ("stop", "length", "cancelled", "error")
     if order.index(stats.finish_reason) >= order.index(total.finish_reason):
         total.finish_reason = stats.finish_reason
     return total
@@ -312,12 +313,12 @@ def summarize(
     summaries: list[str] = []
     try:
         return _summarize_parts(backend, parts, summaries, title, opts, part_opts, on_text, cancel, on_progress)
-    except BackendError as exc:
+    except (BackendError, TaskError) as exc:  # a model failure, or summaries too long to merge
         if not summaries:
             raise
         # Minutes of work on a long visit are not thrown away with the failing call.
-        raise TaskError(f"{exc} (after {len(summaries)} of {len(parts)} parts; their summaries are kept)",
-                        partial="\n".join(summaries)) from exc
+        raise TaskError(f"{exc} (after {len(summaries)} of {len(parts)} parts; the part summaries are "
+                        "what is left)", partial="\n".join(summaries)) from exc
 
 
 def _summarize_parts(backend: Backend, parts: list[str], summaries: list[str], title: str,

@@ -334,3 +334,20 @@ def test_the_runtime_bench_counts_tokens_not_the_closing_chunk():
     stream.append({"choices": [{"text": "", "finish_reason": "length"}]})  # as llama-cpp-python ends a stream
     n, first = count_raw_tokens(iter(stream), time.perf_counter())
     assert n == 3 and first is not None  # a token may decode to no text yet (half a character): still a token
+
+
+def test_a_llama_cpp_failure_mid_reply_is_a_backend_error(llama_backend, monkeypatch):
+    from assistant.backends import GenerationOptions
+
+    real = llama_backend.llm.generate
+
+    def fails_after_two(*args, **kwargs):
+        for i, token in enumerate(real(*args, **kwargs)):
+            if i == 2:
+                raise RuntimeError("llama_decode returned -1")
+            yield token
+
+    monkeypatch.setattr(llama_backend.llm, "generate", fails_after_two)
+    with pytest.raises(BackendError, match="llama.cpp failed while generating: llama_decode returned -1"):
+        "".join(llama_backend.stream([{"role": "user", "content": "Hello"}], GenerationOptions(max_tokens=8)))
+    assert llama_backend.last_stats.finish_reason == "error"

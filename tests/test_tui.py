@@ -960,4 +960,4 @@ async def test_a_model_error_late_in_a_long_summary_keeps_the_finished_parts(tmp
         assert reply_view.status == "error" and "Part summary 1." in reply_view.text
         stored = messages(app.store, app.session_id)[-1]
         assert stored["status"] == "error" and "Part summary 1." in stored["content"]
-        assert "their summaries are kept" in stored["meta"]["error"]
+        assert "the part summaries are what is left" in stored["meta"]["error"]

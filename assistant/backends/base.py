@@ -36,7 +36,7 @@ class GenerationStats:
     completion_tokens: int = 0
     ttft_s: float | None = None  # time to first token
     total_s: float = 0.0
-    finish_reason: str = "stop"  # "stop" | "length" | "cancelled"
+    finish_reason: str = "stop"  # "stop" | "length" | "cancelled" | "error" (the call raised)
 
     @property
     def tokens_per_s(self) -> float | None:

@@ -173,6 +173,9 @@ class LlamaCppBackend(Backend):
         except GeneratorExit:
             finish = "cancelled"
             raise
+        except (RuntimeError, ValueError) as exc:  # llama.cpp's own failures (a decode that fails)
+            finish = "error"
+            raise BackendError(f"llama.cpp failed while generating: {exc}") from exc
         finally:
             self.last_stats = clock.stats(finish)
 
