@@ -872,6 +872,9 @@ def test_a_stored_reply_without_its_question_never_replaces_another_answer():
     first, second = turns_from_messages(msgs)
     assert (first.question, first.reply) == ("Question one?", "Answer ONE.")
     assert second.user_id is None and second.reply == "Answer ONE again." and "not saved" in second.question
+    assert second.question_lost and not first.question_lost
+    (alone,) = turns_from_messages(msgs[2:3])  # also as the first message of a session
+    assert alone.question_lost and alone.reply == "Answer TWO."
 
 
 async def test_an_error_before_the_model_runs_is_stored_without_the_last_replys_figures(tmp_path):
@@ -961,3 +964,19 @@ async def test_a_model_error_late_in_a_long_summary_keeps_the_finished_parts(tmp
         stored = messages(app.store, app.session_id)[-1]
         assert stored["status"] == "error" and "Part summary 1." in stored["content"]
         assert "the part summaries are what is left" in stored["meta"]["error"]
+
+
+async def test_an_answer_whose_question_was_lost_is_not_asked_again(tmp_path):
+    backend = FakeBackend("New answer.")
+    app = make_app(tmp_path, backend)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        sid = app.store.new_session("chat", "fake-model", title="Old session")
+        app.store.add_message(sid, "user", "Question one?")
+        app.store.add_message(sid, "assistant", "Answer ONE.")
+        app.store.add_message(sid, "assistant", "Answer TWO.")  # as an older version stored it
+        await app.open_session(sid)
+        assert app.turns[-1].question_lost
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert not backend.prompts and any("question was not saved" in n for n in notifications(app))

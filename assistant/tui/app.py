@@ -125,6 +125,7 @@ class Turn:
     meta: dict = field(default_factory=dict)  # what the reply is stored with
     reply_view: ChatMessage | None = None
     section: str | None = None  # a summary's section, when its file named one
+    question_lost: bool = False  # a stored reply whose question never reached the log
 
 
 @dataclass
@@ -688,7 +689,7 @@ class HealthAssistantApp(App[int]):
         for t in self.turns:
             if t is before:
                 break
-            if t.task != ASK or t.status == "error" or not t.reply.strip() or t.question == UNSAVED_QUESTION:
+            if t.task != ASK or t.status == "error" or not t.reply.strip() or t.question_lost:
                 continue
             history += [{"role": "user", "content": t.question}, {"role": "assistant", "content": t.reply}]
         return history
@@ -888,6 +889,9 @@ class HealthAssistantApp(App[int]):
             self.notify("There is no answer to regenerate yet.", timeout=3)
             return
         turn = self.turns[-1]
+        if turn.question_lost:
+            self.notify("This answer's question was not saved, so it cannot be asked again.", timeout=5)
+            return
         # The answer shown stays the answer until its replacement is complete: a regenerate
         # that is stopped or fails brings it back.
         shown = turn.reply_view is not None and turn.reply_view.display  # hidden: shown as a banner
@@ -1157,13 +1161,13 @@ def turns_from_messages(messages: list[dict]) -> list[Turn]:
                 banner = (meta["triage"], meta.get("banner"))
             turns.append(Turn(task=task, question=m["content"], user_id=m["id"], banner=banner,
                               status="none", section=meta.get("section")))
-        elif m["role"] == "assistant" and turns:
+        elif m["role"] == "assistant":
+            if not turns or (turns[-1].reply_id is not None and not meta.get("regenerated")):
+                # A reply with no question of its own before it: the question was never stored
+                # (an older version kept such replies). Shown apart, not in place of an answer.
+                task = meta.get("task") if meta.get("task") in TASK_LABELS else ASK
+                turns.append(Turn(task=task, question=UNSAVED_QUESTION, status="none", question_lost=True))
             turn = turns[-1]
-            if turn.reply_id is not None and not meta.get("regenerated"):
-                # A second reply that is no regeneration: its question was never stored (an
-                # older version kept such replies). Shown apart, not in place of this answer.
-                turn = Turn(task=turn.task, question=UNSAVED_QUESTION, status="none")
-                turns.append(turn)
             status = m.get("status") or "complete"
             if meta.get("regenerated") and status != "complete" and turn.status == "complete" and turn.reply.strip():
                 continue  # a regeneration that did not finish: the answer before it stands
