@@ -114,6 +114,7 @@ def _focus(title: str) -> str:
     return title.rsplit(": ", 1)[0]
 
 
+
 def build_index(passages_gz: Path, db_path: Path) -> None:
     """Write the FTS5 index to a temp file and move it into place, so a crash or a
     second process never sees a half-built cache."""

@@ -452,7 +452,9 @@ _SECTION_CUES = [(section, re.compile(cue, re.IGNORECASE)) for section, cue in (
     ("complications", r"\bcomplications?\b"),
     ("stages", r"\bstages?\b"),
     ("research", r"\bresearch\b|\bclinical trials?\b"),
-    ("information", r"^\W*(?:what|who) (?:is|are|'s)\b|\bwhat (?:is|are) (?:an? )?\w+\W*$|\btell me about\b|\bexplain\b"),
+    # "what is X" itself, not "what is the normal level of X" (the search knows better there)
+    ("information", r"^\W*(?:what|who) (?:is|are|'s)(?: \(are\))? (?!.*\b(?:of|for|in|with|to|from|about|after|"
+                    r"during|when|if|between|like|than)\b)[^?]{1,80}\?*\s*$|\btell me about\b|\bexplain\b"),
 )]
 
 
@@ -465,7 +467,7 @@ def question_section(query: str) -> str | None:
     return next((section for section, cue in _SECTION_CUES if cue.search(query)), None)
 
 
-def retrieve_grounding(knowledge, query: str) -> list | None:
+def retrieve_grounding(knowledge, query: str, section: str | None = None) -> list | None:
     """The passages an answer to `query` is grounded in: up to GROUNDING_PASSAGES
     relevant passages of the best hit's page, best first; None when nothing in
     the knowledge base is relevant (the caller says it does not know). When the
@@ -478,7 +480,7 @@ def retrieve_grounding(knowledge, query: str) -> list | None:
         return None
     page = hits[0].url or hits[0].doc_id
     chosen = [h for h in hits if (h.url or h.doc_id) == page and knowledge.is_relevant([h])]
-    section = question_section(query)
+    section = section or question_section(query)
     wanted = None
     if section and hasattr(knowledge, "section_of"):
         # Some sites file these under another name (GHR: symptoms in "information").
@@ -546,16 +548,25 @@ def answer(
                 knowledge = KnowledgeBase.default()
             except KnowledgeError as exc:
                 raise TaskError(str(exc)) from exc
-        hits = retrieve_grounding(knowledge, question)
-        asked = _last_question(question)
-        if hits is None and asked:  # a story, then the question: judged on the question alone
-            hits = retrieve_grounding(knowledge, asked)
         # A follow-up that says too little on its own ("what about children?") is read with the
         # last question that was looked up; one that stands alone keeps its own topic.
         last_asked = next((m["content"] for m in reversed(history)
                            if m["role"] == "user" and not is_small_talk(m["content"])), "")
+        asks_for = question_section(question)
+        hits = None
+        if last_asked and asks_for and _BACK_REFERENCE.search(question) and len(question.split()) <= 8:
+            # "How is it treated?" after "What are the symptoms of lupus?": that page, at the
+            # section asked for now (alone, "treated" finds a kidney booklet's title)
+            hits = retrieve_grounding(knowledge, last_asked, section=asks_for)
+        if hits is None:
+            hits = retrieve_grounding(knowledge, question)
+        asked = _last_question(question)
+        if hits is None and asked:  # a story, then the question: judged on the question alone
+            hits = retrieve_grounding(knowledge, asked)
         if hits is None and last_asked and leans_on_context(question):
-            hits = retrieve_grounding(knowledge, f"{last_asked} {question}")
+            # the section the follow-up asks for, else the earlier question's
+            hits = retrieve_grounding(knowledge, f"{last_asked} {question}",
+                                      section=asks_for or question_section(last_asked))
         if hits is None:
             text = prompts.template("dont_know")
             if referral:

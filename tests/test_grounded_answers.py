@@ -229,3 +229,18 @@ def test_building_grounded_data_checks_every_split_before_rewriting_any(tmp_path
     with pytest.raises(SystemExit, match=r"valid\.jsonl: not found"):
         grounded_data.main(["--data", str(tmp_path)])
     assert (tmp_path / "grounded-train.jsonl").read_text() == '{"kept": true}\n'
+
+
+def test_a_follow_up_asking_for_a_section_reads_that_section_of_the_page_before():
+    from assistant.knowledge import KnowledgeBase
+
+    kb = KnowledgeBase.default()
+    be = FakeBackend(reply="An answer.")
+    # (alone, "How is it treated?" finds "What I need to know about Kidney Failure and How Its Treated")
+    history = [{"role": "user", "content": "What are the symptoms of lupus?"}, {"role": "assistant", "content": "..."}]
+    result = answer(be, "How is it treated?", history, knowledge=kb)
+    assert [s["title"] for s in result.meta["sources"]] == ["Lupus: treatment"]
+    assert "[1] Lupus: treatment" in be.prompts[-1][-1]["content"]
+    # a longer question naming its own topic is not taken for a follow-up of lupus
+    result = answer(be, "What is the treatment for type 2 diabetes, is it insulin?", history, knowledge=kb)
+    assert "lupus" not in str(result.meta["sources"]).lower()

@@ -296,3 +296,15 @@ def test_a_sentence_two_diseases_share_stays_on_both_pages(tmp_path):
     # kept for each disease; merged only between two pages on the same one (GARD copying GHR)
     assert titles == ["Axenfeld-Rieger syndrome: inheritance", "Marfan syndrome: inheritance"]
     assert [r for r in rows if r["title"].startswith("Marfan")][0]["also"] == ["GARD/2"]
+
+
+@pytest.mark.parametrize("question, section", [
+    ("What is (are) Marfan syndrome ?", "information"), ("what is gout", "information"),
+    ("what are the side effects of metformin", None),  # not the overview: the search decides
+    ("what is a normal blood sugar level for adults", None),
+    ("How is gout treated?", "treatment"), ("Is it inherited?", "inheritance"), ("How common is lupus?", "frequency"),
+])
+def test_question_section(question, section):
+    from assistant.tasks import question_section
+
+    assert question_section(question) == section
