@@ -245,8 +245,9 @@ def _prune(current: Path) -> None:
                 left_behind=re.compile(rf"^\.(?:{stem}|{name})-[0-9a-f]{{16}}\.gguf\.(\d+)\.tmp$"))
     dequantized = cache_home() / "dequantized"
     if earlier and dequantized.is_dir():
-        copies = re.compile(rf"^(?:{'|'.join(map(re.escape, earlier))})-[0-9a-f]{{8}}-[0-9a-f]{{16}}(?:\.tmp\d+)?$")
-        prune_cache(dequantized, set(), stale=copies, left_behind=re.compile(r"(?!)"))
+        names = "|".join(map(re.escape, earlier))
+        prune_cache(dequantized, set(), stale=re.compile(rf"^(?:{names})-[0-9a-f]{{8}}-[0-9a-f]{{16}}$"),
+                    left_behind=re.compile(rf"^(?:{names})-[0-9a-f]{{8}}-[0-9a-f]{{16}}\.tmp(\d+)$"))
 
 
 def main(argv: list[str] | None = None) -> None:

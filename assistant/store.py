@@ -700,17 +700,19 @@ class Store:
     def sessions_titled(self, query: str, limit: int = 20, mode: str | None = None) -> list[dict]:
         """Sessions whose title holds every word of `query` (any case), newest first: a title
         is what a user names a session by, and message search never sees it."""
-        words = re.findall(r"\w+", query.lower())
+        words = re.findall(r"\w+", query.casefold())
         if not words:
             return []
-        where = " and ".join("instr(lower(coalesce(title, '')), ?) > 0" for _ in words)
-        params: list = [*words]
+        # compared in Python: SQLite's lower() folds ASCII only ("Ödem" would not find "ödem")
+        sql = "select id, title, mode, updated from sessions where title is not null"
+        params: list = []
         if mode:
-            where += " and mode = ?"
+            sql += " and mode = ?"
             params.append(mode)
         with self._guard("searching titles"):
-            return list(self.db.query(f"select id, title, mode, updated from sessions where {where} "
-                                      "order by updated desc, id limit ?", [*params, limit]))
+            rows = self.db.query(sql + " order by updated desc, id", params)
+            found = [r for r in rows if all(w in r["title"].casefold() for w in words)]
+        return found[:limit]
 
     def summary(self) -> dict:
         with self._guard("reading the summary"):

@@ -447,7 +447,7 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     # settings get rows of their own in summary.md rather than filling in each other's.
     label = args.label or (Path(args.model).name + (f"+{adapter_name(args.adapter)}" if args.adapter else "")
                            + style_tag + (f"-limit{args.limit}" if args.limit else "")
-                           + (f"-best{args.best_of}" if args.best_of else "")
+                           + (f"-best{args.best_of}" if args.best_of and args.prompt_style != "baseline" else "")
                            + (f"-rp{args.repeat_penalty:g}" if args.repeat_penalty is not None else "")
                            + (f"-max{args.max_tokens}" if args.max_tokens != 200 else ""))
     out = Path(args.out)

@@ -498,7 +498,8 @@ def train(cfg: dict, out: Path, limit: int | None = None, max_steps: int | None 
     # cpu=True when there is no GPU: without it accelerate ignores torchrun's process group on
     # CPU, and each process would train alone on its share of the data, writing the same --out
     gpu = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not gpu, mixed_precision="bf16" if gpu else "no")
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    accelerator = Accelerator(cpu=not (gpu or mps), mixed_precision="bf16" if gpu else "no")
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     ckpt = latest_checkpoint(out)
     if ckpt is not None and not resume:

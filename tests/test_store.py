@@ -695,3 +695,11 @@ def test_backup_refuses_to_overwrite_a_non_database(store, tmp_path):
     with pytest.raises(StoreError, match="refusing"):
         store.backup(precious)
     assert precious.read_text() == "years of work"
+
+
+def test_titles_are_found_in_any_case_beyond_ascii(store):
+    sid = store.new_session("chat", "m", title="Ödem im Bein")
+    store.new_session("kiosk", "m", title="Ödem again")
+    assert [s["id"] for s in store.sessions_titled("ödem bein")] == [sid]
+    assert [s["title"] for s in store.sessions_titled("ÖDEM", mode="kiosk")] == ["Ödem again"]
+    assert store.sessions_titled("   ") == []

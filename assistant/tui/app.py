@@ -1181,9 +1181,10 @@ def _unquoted_path(text: str) -> str:
     does), with escaped spaces (/a\\ b/visit.txt, as macOS's does) or as a file:// URI."""
     text = text.strip()
     if text.startswith("file://"):
-        from urllib.parse import unquote, urlparse
+        from urllib.parse import urlparse
+        from urllib.request import url2pathname
 
-        return unquote(urlparse(text).path)
+        return url2pathname(urlparse(text).path)  # "/C:/x" on Windows becomes "C:\\x"
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]
     if "\\" in text:
