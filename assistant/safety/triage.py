@@ -293,7 +293,10 @@ _NEGATION_REACH = 120
 def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False,
             memo: dict | None = None) -> bool:
     start, clause = _clause_at(norm, m.start())
-    prefix = " " + norm[max(start, m.start() - _NEGATION_REACH) : m.start()].strip() + " "
+    cut = max(start, m.start() - _NEGATION_REACH)
+    if cut > start:  # from a word's start: the tail of "cannot" is not a "not"
+        cut = norm.find(" ", cut, m.start()) + 1 or m.start()
+    prefix = " " + norm[cut : m.start()].strip() + " "
     memo = {} if memo is None else memo
 
     def clause_has(key: str) -> bool:  # the same clause for every match in it: searched once
