@@ -81,6 +81,12 @@ def _encoding_problem(data: bytes) -> str | None:
     return None
 
 
+def _unix_lines(text: str) -> str:
+    """Windows line ends would reach the model as extra tokens (and another fingerprint) for
+    the same transcript: one visit, one note, whichever editor saved it."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _surrogate(text: str) -> bool:
     """A JSON \\uD83D escape alone decodes to half a character, which no file can hold
     (nor a record's fingerprint or result line be written with)."""
@@ -136,9 +142,7 @@ def _read_any(path: Path, kind: str, id_column: str | None, text_column: str | N
 
 
 def _read_txt(path: Path, data: bytes) -> Iterator[Record | RecordError]:
-    # Windows line ends would reach the model as extra tokens (and another fingerprint) for
-    # the same transcript: one visit, one note, whichever editor saved it.
-    text = _decode(data).replace("\r\n", "\n").replace("\r", "\n")
+    text = _unix_lines(_decode(data))
     if _bad_utf8(text):
         line = text[: next(i for i, ch in enumerate(text) if "\udc80" <= ch <= "\udcff")].count("\n") + 1
         yield RecordError(f"{path}:{line}", "not valid UTF-8")
@@ -282,7 +286,7 @@ def _read_csv(path: Path, data: bytes, id_column: str | None, text_column: str |
         if not body.strip():
             yield RecordError(where, f"empty '{text_col}'")
             continue
-        yield Record(id=rid, text=body.replace("\r\n", "\n").replace("\r", "\n").strip(), source=where,
+        yield Record(id=rid, text=_unix_lines(body).strip(), source=where,
                      section=row[idx[sec_col]].strip() or None if sec_col else None)
 
 

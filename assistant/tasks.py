@@ -482,10 +482,11 @@ def retrieve_grounding(knowledge, query: str, section: str | None = None) -> lis
     chosen = [h for h in hits if (h.url or h.doc_id) == page and knowledge.is_relevant([h])]
     section = section or question_section(query)
     wanted = None
-    if section and hasattr(knowledge, "section_of"):
+    if section:
         # Some sites file these under another name (GHR: symptoms in "information").
-        wanted = knowledge.section_of(hits[0], section) or (
-            knowledge.section_of(hits[0], _SECTION_ELSEWHERE[section]) if section in _SECTION_ELSEWHERE else None)
+        wanted = knowledge.section_of(hits[0], section)
+        if wanted is None and section in _SECTION_ELSEWHERE:
+            wanted = knowledge.section_of(hits[0], _SECTION_ELSEWHERE[section])
     if wanted is not None:
         chosen = [wanted, *(h for h in chosen if h.text != wanted.text)]
     return chosen[:GROUNDING_PASSAGES]

@@ -285,6 +285,11 @@ def adapter_name(adapter: str | Path) -> str:
     return path.parent.name if path.name == "final" and path.parent.name else path.name
 
 
+def model_label(model: str, adapter: str | None) -> str:
+    """A short name for a model and its adapter, as a run's label and a plot's bar group use it."""
+    return Path(model).name + (f"+{adapter_name(adapter)}" if adapter else "")
+
+
 def summary_row(result: dict) -> list[str]:
     s = result["suites"]
 
@@ -354,8 +359,8 @@ def merge_by_model(results: list[dict], names: Sequence[str] | None = None) -> l
     given_by: dict[tuple, str] = {}
     for r, name in zip(results, names):
         key = (r["model"], r.get("adapter"))
-        m = merged.setdefault(key, {"label": Path(r["model"]).name + (f"+{adapter_name(r['adapter'])}" if r.get("adapter")
-                                                                      else ""), "suites": {}, "decode_tokens_per_s": None})
+        m = merged.setdefault(key, {"label": model_label(r["model"], r.get("adapter")), "suites": {},
+                                    "decode_tokens_per_s": None})
         for suite in r["suites"]:
             if (key, suite) in given_by:
                 print(f"warning: {suite} of {m['label']} is in both {given_by[key, suite]} and {name}; "
@@ -445,8 +450,7 @@ def evaluate(args, backend: Backend | None = None) -> dict:
     style_tag = "" if args.prompt_style == "runtime" else f"-{args.prompt_style}"
     # Settings away from the defaults are in the label, so that runs of one model with other
     # settings get rows of their own in summary.md rather than filling in each other's.
-    label = args.label or (Path(args.model).name + (f"+{adapter_name(args.adapter)}" if args.adapter else "")
-                           + style_tag + (f"-limit{args.limit}" if args.limit else "")
+    label = args.label or (model_label(args.model, args.adapter) + style_tag + (f"-limit{args.limit}" if args.limit else "")
                            + (f"-best{args.best_of}" if args.best_of and args.prompt_style != "baseline" else "")
                            + (f"-rp{args.repeat_penalty:g}" if args.repeat_penalty is not None else "")
                            + (f"-max{args.max_tokens}" if args.max_tokens != 200 else ""))

@@ -536,6 +536,9 @@ async def test_grounded_answer_lists_sources(tmp_path):
         def is_relevant(self, hits):
             return bool(hits)
 
+        def section_of(self, hit, section):  # one passage a page here: no sections
+            return None
+
     backend = FakeBackend("A fever is a raised temperature [1].")
     app = make_app(tmp_path, backend, answer_kwargs={"knowledge": KB(), "safety": False})
     async with app.run_test(size=SIZE) as pilot:
