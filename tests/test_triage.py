@@ -214,7 +214,7 @@ def test_a_clinic_rule_adds_to_the_shipped_ones(tmp_path):
     shipped = load_config()
     cfg_file = tmp_path / "clinic.toml"
     cfg_file.write_text('[numbers]\nemergency = "112"\n\n'
-                        '[[rule]]\nid = "snake-bite"\nlevel = "emergency"\nall = ["\\\\bsnake ?bite|bitten by a snake"]\n')
+                        '[[rule]]\nid = "snake-bite"\nentry = "major-trauma"\nall = ["\\\\bsnake ?bite|bitten by a snake"]\n')
     cfg = load_config(cfg_file)
     assert len(cfg.rules) == len(shipped.rules) + 1
     assert triage("I was bitten by a snake an hour ago", config=cfg).level == "emergency"
@@ -223,7 +223,7 @@ def test_a_clinic_rule_adds_to_the_shipped_ones(tmp_path):
     assert triage("I want to kill myself", config=cfg).level == "crisis"
     # an entry with a shipped id takes that rule's place, and only that one
     first = shipped.rules[-1]
-    cfg_file.write_text(f'[[rule]]\nid = "{first.id}"\nlevel = "emergency"\nall = ["\\\\bnever said by anyone\\\\b"]\n')
+    cfg_file.write_text(f'[[rule]]\nid = "{first.id}"\nentry = "{first.entry.id}"\nall = ["\\\\bnever said by anyone\\\\b"]\n')
     cfg = load_config(cfg_file)
     assert len(cfg.rules) == len(shipped.rules)
     assert [r.id for r in cfg.rules] == [r.id for r in shipped.rules]
@@ -231,15 +231,15 @@ def test_a_clinic_rule_adds_to_the_shipped_ones(tmp_path):
 
 @pytest.mark.parametrize("text, problem", [
     ('numbers = "112"\n', r"'numbers' as a str; the shipped rules have it as a table \[numbers\]"),
-    ('[[rule]]\nid = "x"\nall = ["bite"]\n', r"\[\[rule\]\] number 1 \('x'\): no level"),
-    ('[[rule]]\nid = "x"\nlevel = "urgent"\nall = ["bite"]\n', r"level 'urgent' in \[\[rule\]\] number 1 \('x'\)"),
-    ('[[rule]]\nid = "x"\nlevel = "emergency"\nall = ["bite"]\nunles = ["no"]\n',
+    ('[[rule]]\nid = "x"\nall = ["bite"]\n', r"\[\[rule\]\] number 1 \('x'\): no entry"),
+    ('[[rule]]\nid = "x"\nentry = "seizure"\nlevel = "urgent"\nall = ["bite"]\n', r"level 'urgent' in \[\[rule\]\] number 1 \('x'\)"),
+    ('[[rule]]\nid = "x"\nentry = "seizure"\nall = ["bite"]\nunles = ["no"]\n',
      r"key 'unles' in \[\[rule\]\] number 1 \('x'\) \(known: all, context"),
-    ('[[rule]]\nid = "x"\nlevel = "emergency"\nall = ["a"]\n[[rule]]\nid = "x"\nlevel = "crisis"\nall = ["b"]\n',
+    ('[[rule]]\nid = "x"\nentry = "seizure"\nall = ["a"]\n[[rule]]\nid = "x"\nentry = "seizure"\nall = ["b"]\n',
      r"\[\[rule\]\] id 'x' given twice"),
-    ('[[rule]]\nid = "x"\nlevel = "emergency"\nall = ["(unclosed"]\n', r"not a valid safety config \(error"),
-    ('[[rule]]\nid = "x"\nlevel = "emergency"\nall = "seizure now"\n', r"'all' in \[\[rule\]\] number 1 \('x'\): not a list"),
-    ('[[rule]]\nid = "x"\nlevel = "emergency"\nall = ["bite"]\ncontext = "false"\n', r"'context' in .*: true or false"),
+    ('[[rule]]\nid = "x"\nentry = "seizure"\nall = ["(unclosed"]\n', r"not a valid safety config \(error"),
+    ('[[rule]]\nid = "x"\nentry = "seizure"\nall = "seizure now"\n', r"'all' in \[\[rule\]\] number 1 \('x'\): not a list"),
+    ('[[rule]]\nid = "x"\nentry = "seizure"\nall = ["bite"]\ncontext = "false"\n', r"'context' in .*: true or false"),
 ])
 def test_a_clinic_rule_with_a_mistake_is_named(tmp_path, text, problem):
     bad = tmp_path / "clinic.toml"

@@ -3,9 +3,11 @@
 A small model must never be the thing that decides whether someone should call
 an ambulance, so this layer is plain rules loaded from data/safety/triage.toml:
 normalise the text, fix typos of the alarm words, match regex terms, and drop
-matches that are negated, educational ("what are the signs of a stroke?") or
-about nobody in particular. It is fast (well under 1 ms per message) and
-explainable: `reasons` names the rules that fired, for logs.
+matches that are negated, educational ("what are the signs of a stroke?"),
+hypothetical, habitual or about nobody in particular. Every rule belongs to an
+entry of the red-flag catalogue (data/safety/catalogue.toml), which names the
+published list it comes from, so each of the verdict's `reasons` says which
+rule fired, for which presentation, on whose authority.
 """
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ import os
 import re
 import tomllib
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "data" / "safety" / "triage.toml"
+CATALOGUE = DEFAULT_CONFIG.with_name("catalogue.toml")
 ENV_CONFIG = "HEALTH_ASSISTANT_SAFETY_CONFIG"
 ENV_NUMBERS = {
     "emergency": "HEALTH_ASSISTANT_EMERGENCY_NUMBER",
@@ -29,10 +32,42 @@ LEVELS = ("emergency", "crisis", "none")
 
 
 @dataclass(frozen=True)
+class Entry:
+    """One presentation of the red-flag catalogue and the published list it comes from."""
+    id: str
+    level: str
+    title: str
+    publisher: str
+    document: str
+    url: str
+    signs: tuple[str, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return f"{self.publisher} {self.document}".strip()
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a message was flagged: the rule that fired and the catalogue entry it belongs to."""
+    rule: str
+    entry: str
+    title: str
+    source: str
+    url: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.source})"
+
+
+@dataclass(frozen=True)
 class TriageResult:
     level: str  # "emergency" | "crisis" | "none"
     scope: str | None = None  # "diagnosis" | "prescription" | "dose_change" | None
-    reasons: tuple[str, ...] = ()
+    reasons: tuple[Reason, ...] = ()
     message: str | None = None  # fixed text to show instead of a model answer
     referral: str | None = None  # scope-guard line to add to a model answer
 
@@ -44,6 +79,7 @@ class TriageResult:
 @dataclass
 class _Rule:
     id: str
+    entry: Entry
     level: str
     terms: list[re.Pattern]
     context: bool
@@ -52,6 +88,7 @@ class _Rule:
 
 @dataclass
 class TriageConfig:
+    entries: dict[str, Entry]
     numbers: dict
     messages: dict
     referral: dict
@@ -93,8 +130,8 @@ class TriageConfig:
 
 def _merge(base: dict, override: dict) -> dict:
     """An override adds to the shipped rules; it never takes the others away. Tables merge
-    key by key; a list of [[rule]] or [[scope]] entries adds its entries, one with the id of
-    a shipped entry taking that one's place; a list of words adds its words. (Lists used to
+    key by key; a list of [[rule]], [[entry]] or [[scope]] tables adds its tables, one with the
+    id of a shipped one taking that one's place; a list of words adds its words. (Lists used to
     replace the shipped ones: a clinic file adding one rule turned off every other.)"""
     out = dict(base)
     for key, value in override.items():
@@ -122,6 +159,7 @@ def load_config(path: str | os.PathLike | None = None) -> TriageConfig:
     Every message is rendered once here, so a mistake in an override is reported when the
     program starts, not on the first emergency."""
     raw = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    raw["entry"] = tomllib.loads(CATALOGUE.read_text(encoding="utf-8"))["entry"]
     user = path or os.environ.get(ENV_CONFIG)
     if user:
         try:
@@ -154,7 +192,10 @@ def load_config(path: str | os.PathLike | None = None) -> TriageConfig:
     return cfg
 
 
-_RULE_KEYS = {"rule": ({"id", "level", "all"}, {"context", "unless"}), "scope": ({"id", "pattern"}, set())}
+_RULE_KEYS = {"rule": ({"id", "entry", "all"}, {"level", "context", "unless"}),
+              "entry": ({"id", "level", "title", "source"}, {"signs"}),
+              "scope": ({"id", "pattern"}, set())}
+_SOURCE_KEYS = ({"publisher", "url"}, {"document"})
 _LEVELS = ("emergency", "crisis")
 
 
@@ -186,8 +227,12 @@ def _unknown_keys(shipped: dict, override: dict) -> str | None:
                 if set(entry) - needed - optional:
                     return (f"key '{sorted(set(entry) - needed - optional)[0]}' in {name} "
                             f"(known: {', '.join(sorted(needed | optional))})")
-                if table == "rule" and entry["level"] not in _LEVELS:
+                if table in ("rule", "entry") and "level" in entry and entry["level"] not in _LEVELS:
                     return f"level '{entry['level']}' in {name} (known: {', '.join(_LEVELS)})"
+                if table == "entry":
+                    problem = _source_problem(entry["source"])
+                    if problem:
+                        return f"'source' in {name}: {problem}"
                 # `all = "seizure now"` (a string, not a list) would match any message with an "s"
                 for key in ("all", "unless"):
                     if key in entry and not (isinstance(entry[key], list) and entry[key]
@@ -198,6 +243,42 @@ def _unknown_keys(shipped: dict, override: dict) -> str | None:
                 if "pattern" in entry and not (isinstance(entry["pattern"], str) and entry["pattern"]):
                     return f"'pattern' in {name}: not a pattern"
     return None
+
+
+def _source_problem(source) -> str | None:
+    """What is wrong with an entry's `source`, which every flag of it will cite."""
+    needed, optional = _SOURCE_KEYS
+    example = 'source = { publisher = "NICE", document = "NG51", url = "https://..." }'
+    if not isinstance(source, dict):
+        return f"a table such as {example}"
+    if needed - set(source):
+        return f"no {', '.join(sorted(needed - set(source)))} (such as {example})"
+    if set(source) - needed - optional:
+        return f"unknown key '{sorted(set(source) - needed - optional)[0]}' (known: {', '.join(sorted(needed | optional))})"
+    if not all(isinstance(v, str) and v.strip() for v in source.values()):
+        return "publisher, document and url are non-empty text"
+    return None
+
+
+def _entries(raw: dict) -> dict[str, Entry]:
+    out = {}
+    for e in raw["entry"]:
+        src = e["source"]
+        out[e["id"]] = Entry(e["id"], e["level"], e["title"], src["publisher"], src.get("document", ""),
+                             src["url"], tuple(e.get("signs", ())))
+    return out
+
+
+def _rule_entry(rule: dict, entries: dict[str, Entry]) -> Entry:
+    """The catalogue entry a rule belongs to; its level is the entry's."""
+    entry = entries.get(rule["entry"])
+    if entry is None:
+        raise ValueError(f"[[rule]] '{rule['id']}': entry '{rule['entry']}' is not in the catalogue "
+                         "(name a shipped entry, or add an [[entry]] with that id)")
+    if rule.get("level", entry.level) != entry.level:
+        raise ValueError(f"[[rule]] '{rule['id']}': level '{rule['level']}', but its entry "
+                         f"'{entry.id}' is '{entry.level}' (leave the level out: the entry's is used)")
+    return entry
 
 
 def _build(raw: dict) -> TriageConfig:
@@ -213,16 +294,18 @@ def _build(raw: dict) -> TriageConfig:
         src = re.sub(r"\{([A-Z_]+)\}", lambda m: f"(?:{terms[m.group(1)]})", src)
         return re.compile(src)
 
-    rules = [
-        _Rule(r["id"], r["level"], [compile_term(t) for t in r["all"]], bool(r.get("context", False)),
-              [compile_term(t) for t in r.get("unless", [])])
-        for r in raw["rule"]
-    ]
+    entries = _entries(raw)
+    rules = []
+    for r in raw["rule"]:
+        entry = _rule_entry(r, entries)
+        rules.append(_Rule(r["id"], entry, entry.level, [compile_term(t) for t in r["all"]],
+                           bool(r.get("context", False)), [compile_term(t) for t in r.get("unless", [])]))
     # Crisis rules first: when both fire, the crisis text (which also names the
     # emergency number) is the right one to show.
     rules.sort(key=lambda r: r.level != "crisis")
     fz = raw.get("fuzzy", {})
     cfg = TriageConfig(
+        entries=entries,
         numbers=numbers,
         messages=raw["messages"],
         referral=raw.get("referral", {}),
@@ -377,7 +460,7 @@ def triage(text: str, config: TriageConfig | None = None) -> TriageResult:
     return TriageResult(
         level=level,
         scope=scope,
-        reasons=tuple(r.id for r in fired),
+        reasons=tuple(Reason(r.id, r.entry.id, r.entry.title, r.entry.source, r.entry.url) for r in fired),
         message=cfg.render(level) if fired else None,
         referral=cfg.referral.get(scope) if scope else None,
     )
