@@ -533,7 +533,7 @@ def answer(
                     verdict = together
         meta["triage"] = verdict.level
         if verdict.reasons:
-            meta["triage_reasons"] = list(verdict.reasons)
+            meta["triage_reasons"] = [r.to_dict() for r in verdict.reasons]  # rule, entry, title, source, url
         if verdict.urgent:
             # The fixed message is the whole reply: nothing a small model adds can be trusted here.
             return _fixed(verdict.message, "triage", on_text, meta)

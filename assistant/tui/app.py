@@ -36,12 +36,12 @@ from .keys import app_bindings
 from .screens import ConfirmScreen, HelpScreen, PromptScreen
 from .widgets import (
     MARK,
-    Banner,
     ChatMessage,
     SessionList,
     SessionRow,
     StatusLine,
     Welcome,
+    banner_widgets,
 )
 
 log = logging.getLogger("assistant.tui")
@@ -122,6 +122,7 @@ class Turn:
     reply_id: int | None = None
     status: str = "pending"
     banner: tuple[str, str | None] | None = None  # (level, message)
+    reasons: list = field(default_factory=list)  # the question's triage flags, for the banner's details
     meta: dict = field(default_factory=dict)  # what the reply is stored with
     reply_view: ChatMessage | None = None
     section: str | None = None  # a summary's section, when its file named one
@@ -564,7 +565,7 @@ class HealthAssistantApp(App[int]):
     def _turn_widgets(self, turn: Turn) -> list:
         widgets: list = [ChatMessage("user", turn.question, task=turn.task, message_id=turn.user_id)]
         if turn.banner:
-            widgets.append(Banner(*turn.banner))
+            widgets += banner_widgets(*turn.banner, turn.reasons)
         if turn.reply_id is not None:
             turn.reply_view = ChatMessage("assistant", turn.reply, task=turn.task, status=turn.status,
                                           note=_note_for(turn.status, turn.meta), message_id=turn.reply_id)
@@ -627,7 +628,7 @@ class HealthAssistantApp(App[int]):
         meta: dict = {"triage": level}
         reasons = getattr(result, "reasons", ())
         if reasons:
-            meta["triage_reasons"] = list(reasons)
+            meta["triage_reasons"] = [r.to_dict() if hasattr(r, "to_dict") else r for r in reasons]
         message = getattr(result, "message", None)
         if level in URGENT_LEVELS:
             meta["banner"] = message
@@ -665,6 +666,7 @@ class HealthAssistantApp(App[int]):
             user_meta.update(triage_meta)
             if level in URGENT_LEVELS:
                 turn.banner = (level, message)
+                turn.reasons = triage_meta.get("triage_reasons", [])
         elif self._source_of(text):
             user_meta["source"] = self._source_of(text)
             turn.section = self._loaded_transcript[2]
@@ -677,7 +679,7 @@ class HealthAssistantApp(App[int]):
         await self.chat.query(Welcome).remove()
         await self.chat.mount(ChatMessage("user", text, task=task, message_id=turn.user_id))
         if turn.banner:
-            await self.chat.mount(Banner(*turn.banner))
+            await self.chat.mount_all(banner_widgets(*turn.banner, turn.reasons))
         self.turns.append(turn)
         self._loaded_transcript = None
         await self._start_reply(turn)
@@ -854,7 +856,8 @@ class HealthAssistantApp(App[int]):
         that text belongs in the red banner, not in a chat bubble."""
         if turn.banner is None:
             turn.banner = (level, view.text)
-            await self.chat.mount(Banner(level, view.text), before=view)
+            turn.reasons = turn.meta.get("triage_reasons") or []
+            await self.chat.mount_all(banner_widgets(level, view.text, turn.reasons), before=view)
         elif (turn.banner[1] or "").strip() != view.text.strip():
             return  # a different text: keep it visible under the banner
         view.display = False
@@ -1160,6 +1163,7 @@ def turns_from_messages(messages: list[dict]) -> list[Turn]:
             if meta.get("triage") in URGENT_LEVELS:
                 banner = (meta["triage"], meta.get("banner"))
             turns.append(Turn(task=task, question=m["content"], user_id=m["id"], banner=banner,
+                              reasons=meta.get("triage_reasons") or [] if banner else [],
                               status="none", section=meta.get("section")))
         elif m["role"] == "assistant":
             if not turns or (turns[-1].reply_id is not None and not meta.get("regenerated")):

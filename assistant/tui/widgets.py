@@ -131,6 +131,29 @@ class Banner(Static):
         self.level = level
 
 
+class BannerDetails(Static):
+    """Under a safety banner: which red flags fired and the published list each comes from."""
+
+    def __init__(self, reasons) -> None:
+        super().__init__("\n".join(reason_lines(reasons)), markup=False, classes="banner-details")
+
+
+def reason_lines(reasons) -> list[str]:
+    """One line per flag; a log written before flags named their source stores bare rule ids."""
+    lines = []
+    for r in reasons or ():
+        if isinstance(r, dict):
+            source = f"{r.get('source', '')}, {r['url']}" if r.get("url") else r.get("source", "")
+            lines.append(f"Flagged: {r.get('title') or r.get('entry') or r.get('rule')} ({source})")
+        else:
+            lines.append(f"Flagged: {r}")
+    return lines
+
+
+def banner_widgets(level: str, message: str | None, reasons=()) -> list[Static]:
+    return [Banner(level, message)] + ([BannerDetails(reasons)] if reason_lines(reasons) else [])
+
+
 class Welcome(Static):
     TEXT = {
         "ask": "Ask a health question below and press ctrl+s to send.\n\n"
