@@ -1,8 +1,10 @@
-"""Local knowledge base: BM25 search over MedQuAD passages, fully offline.
+"""Local knowledge base: BM25 search over the shipped library, fully offline.
 
-The shipped file is data/kb/medquad_passages.jsonl.gz (built by finetune/build_kb.py).
-On first use it is indexed into SQLite FTS5 (porter stemming) under the user's cache
-dir, named by the file's name, path, index format and content hash, so a new KB release
+The library is MedQuAD's answered health pages (data/kb/medquad_passages.jsonl.gz, built
+by finetune/build_kb.py) and FDA drug labels (data/kb/drug_passages.jsonl.gz, built by
+finetune/build_drug_kb.py). On first use they are indexed into one SQLite FTS5 index
+(porter stemming) under the user's cache dir, named by the files' names, paths, index
+format and content hashes, so a new library release
 rebuilds the index (the older one is removed), another KB file keeps its own, and an
 unchanged one opens in milliseconds; a damaged index is built again. The cache is
 read-only after building, so the standard library's sqlite3 is enough here.
@@ -23,12 +25,15 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from . import paths
 from .paths import cache_home, file_sha256
 
 DATA_DIR = paths.DATA_DIR / "kb"
 DEFAULT_KB = DATA_DIR / "medquad_passages.jsonl.gz"
+DRUG_KB = DATA_DIR / "drug_passages.jsonl.gz"
+DEFAULT_LIBRARY = (DEFAULT_KB, DRUG_KB)
 CALIBRATION = "calibration.json"  # next to the passages file; written by finetune/eval_retrieval.py
 # Relevance is judged by coverage, not raw BM25: raw scores grow with query length
 # and rare words ("capital of France" outscores "symptoms of glaucoma"), while the
@@ -38,7 +43,7 @@ CALIBRATION = "calibration.json"  # next to the passages file; written by finetu
 DEFAULT_MIN_COVERAGE = 0.75
 # Part of the index's cache name: bump when build_index writes another schema, so an old
 # index is never read as a new one.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 
 class KnowledgeError(RuntimeError):
@@ -47,6 +52,8 @@ class KnowledgeError(RuntimeError):
 # .78/.84/.86/.89/.90). Titles are "focus: question type", which MedQuAD's templated
 # questions echo, so the gain on real questions is smaller (eval_retrieval shows both).
 TITLE_WEIGHT, TEXT_WEIGHT = 8.0, 1.0
+# A topic's other names weigh as its title does: "Lexapro" is the escitalopram label's name.
+ALIAS_WEIGHT = TITLE_WEIGHT
 MAX_TERMS = 32
 # BM25 on titles ranks "Adult Non-Hodgkin Lymphoma" as high as "Adult Hodgkin
 # Lymphoma" for a question naming the latter: focus words the question does not
@@ -80,6 +87,7 @@ class Passage:
     score: float  # BM25, sign flipped so that higher is better
     coverage: float = 0.0  # IDF-weighted share of the query's words found in this passage
     topic_named: float = 1.0  # share of its page's topic words the query names
+    aliases: tuple[str, ...] = ()  # the topic's other names (brand/generic, synonyms)
 
 
 def _fold(text: str) -> str:
@@ -115,9 +123,28 @@ def _focus(title: str) -> str:
 
 
 
-def build_index(passages_gz: Path, db_path: Path) -> None:
+def _rows(paths: Sequence[Path]):
+    """Every passage of every library file, numbered across files (each file numbers its own
+    from 0). Aliases are a topic's other names: a drug's brand and generic names, a
+    MedlinePlus topic's synonyms ("CMP" for the Metabolic Panel page)."""
+    rowid = 0
+    for path in paths:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                try:
+                    r = json.loads(line)
+                    row = (rowid, r["doc_id"], r["source"], r["url"], r["title"], "; ".join(r.get("aliases") or ()),
+                           r["text"], r.get("licence", ""))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise KnowledgeError(f"{path}:{lineno}: not a library passage ({exc})") from exc
+                rowid += 1
+                yield row
+
+
+def build_index(passages_gz: Path | Sequence[Path], db_path: Path) -> None:
     """Write the FTS5 index to a temp file and move it into place, so a crash or a
     second process never sees a half-built cache."""
+    paths = [Path(passages_gz)] if isinstance(passages_gz, (str, os.PathLike)) else [Path(p) for p in passages_gz]
     db_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=db_path.stem + ".", suffix=".tmp", dir=db_path.parent)
     os.close(fd)
@@ -127,17 +154,13 @@ def build_index(passages_gz: Path, db_path: Path) -> None:
             """
             PRAGMA journal_mode = OFF;
             PRAGMA synchronous = OFF;
-            CREATE TABLE passages (id INTEGER PRIMARY KEY, doc_id TEXT, source TEXT, url TEXT, title TEXT, text TEXT);
+            CREATE TABLE passages (id INTEGER PRIMARY KEY, doc_id TEXT, source TEXT, url TEXT, title TEXT,
+                                   aliases TEXT, text TEXT, licence TEXT);
             CREATE VIRTUAL TABLE passages_fts USING fts5(
-                title, text, content='passages', content_rowid='id', tokenize='porter unicode61');
+                title, aliases, text, content='passages', content_rowid='id', tokenize='porter unicode61');
             """
         )
-        with gzip.open(passages_gz, "rt", encoding="utf-8") as f:
-            rows = (
-                (r["id"], r["doc_id"], r["source"], r["url"], r["title"], r["text"])
-                for r in map(json.loads, f)
-            )
-            con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?, ?)", rows)
+        con.executemany("INSERT INTO passages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _rows(paths))
         con.execute("INSERT INTO passages_fts (passages_fts) VALUES ('rebuild')")
         con.execute("INSERT INTO passages_fts (passages_fts) VALUES ('optimize')")
         con.commit()
@@ -149,23 +172,34 @@ def build_index(passages_gz: Path, db_path: Path) -> None:
 
 
 class KnowledgeBase:
-    def __init__(self, passages_gz: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                 min_coverage: float | None = None):
-        self.path = Path(passages_gz)
+    def __init__(self, passages_gz: str | os.PathLike | Sequence[str | os.PathLike],
+                 cache_dir: str | os.PathLike | None = None, min_coverage: float | None = None,
+                 vocabulary=None):
+        files = [passages_gz] if isinstance(passages_gz, (str, os.PathLike)) else list(passages_gz)
+        if not files:
+            raise KnowledgeError("no library file given")
+        self.paths = [Path(p) for p in files]
+        self.path = self.paths[0]  # its folder holds the calibration
+        for p in self.paths:
+            if not p.is_file():
+                raise KnowledgeError(f"library file not found: {p}")
         cache = Path(cache_dir) if cache_dir else cache_home()
-        # One index per knowledge-base file (by its path), per format and per content.
-        stem = f"kb-{self.path.name.split('.')[0]}-{hashlib.sha256(str(self.path.resolve()).encode()).hexdigest()[:8]}"
-        self.db_path = cache / f"{stem}-v{INDEX_VERSION}-{file_sha256(self.path)[:16]}.sqlite"
+        # One index per set of library files (by their paths), per format and per content.
+        name = "+".join(p.name.split(".")[0] for p in self.paths)
+        where = hashlib.sha256("\0".join(str(p.resolve()) for p in self.paths).encode()).hexdigest()[:8]
+        content = hashlib.sha256("".join(file_sha256(p) for p in self.paths).encode()).hexdigest()
+        stem = f"kb-{name}-{where}"
+        self.db_path = cache / f"{stem}-v{INDEX_VERSION}-{content[:16]}.sqlite"
         self.min_coverage = min_coverage if min_coverage is not None else self._calibrated_threshold()
+        self.vocabulary = vocabulary
         try:
             self._con = self._open_index()
         except sqlite3.DatabaseError:  # a cache file damaged on disk: built again, once
             self.db_path.unlink(missing_ok=True)
             self._con = self._open_index()
-        # earlier versions of this file's index, indexes in older namings, and builds a kill cut short
-        name = re.escape(self.path.name.split(".")[0])
+        # earlier versions of this library's index, indexes in older namings, and builds a kill cut short
         ours = re.compile(rf"^{re.escape(stem)}-v\d+-[0-9a-f]{{16}}\.sqlite$|^kb-[0-9a-f]{{16}}\.sqlite$"
-                          rf"|^kb-{name}-v\d+-[0-9a-f]{{16}}\.sqlite$")
+                          rf"|^kb-{re.escape(name)}-v\d+-[0-9a-f]{{16}}\.sqlite$")
         for old in cache.glob("kb-*"):
             stale_tmp = old.suffix == ".tmp" and time.time() - old.stat().st_mtime > 3600
             if old != self.db_path and (ours.match(old.name) or stale_tmp):
@@ -181,7 +215,7 @@ class KnowledgeBase:
     def _open_index(self) -> sqlite3.Connection:
         if not self.db_path.exists():
             try:
-                build_index(self.path, self.db_path)
+                build_index(self.paths, self.db_path)
             except OSError as exc:
                 raise KnowledgeError(f"cannot write the knowledge-base index to {self.db_path.parent}: "
                                      f"{exc.strerror} (set XDG_CACHE_HOME to a writable folder)") from exc
@@ -201,7 +235,9 @@ class KnowledgeBase:
     @classmethod
     @functools.lru_cache(maxsize=1)
     def default(cls) -> "KnowledgeBase":
-        return cls(DEFAULT_KB)
+        from .vocabulary import Vocabulary
+
+        return cls([p for p in DEFAULT_LIBRARY if p.exists()], vocabulary=Vocabulary.default())
 
     def _calibrated_threshold(self) -> float:
         cal = self.path.parent / CALIBRATION
@@ -213,20 +249,45 @@ class KnowledgeBase:
         match = fts_query(query, limit=None)
         if not match or k <= 0:
             return []
+        # Lay words and brand names in the question, with the library's words for them
+        # ("water pill" -> diuretic, "Tylenol" -> acetaminophen): searched too, and a
+        # passage holding either counts as holding the question's word.
+        expansions = self.vocabulary.expand(query) if self.vocabulary is not None else []
         sql = (
-            "SELECT p.id, p.text, p.title, p.source, p.url, p.doc_id, -bm25(passages_fts, ?, ?) "
+            "SELECT p.id, p.text, p.title, p.source, p.url, p.doc_id, -bm25(passages_fts, ?, ?, ?), p.aliases "
             "FROM passages_fts JOIN passages p ON p.id = passages_fts.rowid "
-            "WHERE passages_fts MATCH ? ORDER BY bm25(passages_fts, ?, ?) LIMIT ?"
+            "WHERE passages_fts MATCH ? ORDER BY bm25(passages_fts, ?, ?, ?) LIMIT ?"
         )
+        weights = (TITLE_WEIGHT, ALIAS_WEIGHT, TEXT_WEIGHT)
         pool = max(k, RERANK_POOL) if FOCUS_PENALTY else k
         with self._lock:
             match = self._rarest(match)
-            rows = self._con.execute(sql, (TITLE_WEIGHT, TEXT_WEIGHT, match, TITLE_WEIGHT, TEXT_WEIGHT, pool)).fetchall()
             words = _terms_of(match)
+            alternatives = " ".join(alt for _, alts in expansions for alt in alts)
+            equivalent = self._equivalents(expansions)
+            full = match
+            if alternatives:
+                extra = [t for t in fts_query(alternatives, limit=None).split(" OR ") if t and t not in match.split(" OR ")]
+                full = " OR ".join([match, *extra]) if extra else match
+            rows = self._con.execute(sql, (*weights, full, *weights, pool)).fetchall()
             if FOCUS_PENALTY and rows:
-                rows = self._rerank(words, rows)[:k]
-            coverage = self._coverage(words, [r[1:3] for r in rows])
-        return [Passage(*r[1:7], coverage=c, topic_named=r[7] if len(r) > 7 else 1.0) for r, c in zip(rows, coverage)]
+                rows = self._rerank(f"{words} {alternatives}", rows)[:k]
+            coverage = self._coverage(words, [(r[1], f"{r[2]} {r[7]}") for r in rows], equivalent)
+        return [Passage(*r[1:7], coverage=c, topic_named=r[8] if len(r) > 8 else 1.0,
+                        aliases=tuple(a for a in r[7].split("; ") if a))
+                for r, c in zip(rows, coverage)]
+
+    def _equivalents(self, expansions: list[tuple[str, list[str]]]) -> dict[str, set[str]]:
+        """Stemmed word of the question -> stemmed words that stand for it. Caller holds the lock."""
+        if not expansions:
+            return {}
+        texts = [t for phrase, alts in expansions for t in (phrase, " ".join(alts))]
+        stems = self._stems(texts)
+        out: dict[str, set[str]] = {}
+        for n in range(0, len(stems), 2):
+            for word in stems[n]:
+                out.setdefault(word, set()).update(stems[n + 1])
+        return out
 
     def _rarest(self, match: str) -> str:
         """At most MAX_TERMS terms of a long question: the rarest in the index, in their order.
@@ -256,19 +317,28 @@ class KnowledgeBase:
         return [terms.get(i, set()) for i in range(1, len(texts) + 1)]
 
     def _rerank(self, query_words: str, rows: list[tuple]) -> list[tuple]:
-        """Scale each candidate's BM25 by how much of its page's focus the query names."""
-        stems = self._stems([query_words] + [_terms_of(fts_query(_focus(r[2]))) for r in rows])
+        """Scale each candidate's BM25 by how much of its page's focus the query names
+        (its title's focus or one of its other names, whichever the query names most)."""
+        names = [[_focus(r[2]), *(a for a in r[7].split("; ") if a)] for r in rows]
+        flat = [n for ns in names for n in ns]
+        stems = self._stems([query_words] + [_terms_of(fts_query(n)) for n in flat])
         asked = stems[0]
 
         def named(focus: set[str]) -> float:
             return len(focus & asked) / len(focus) if focus else 1.0
 
-        scored = [(r[6] * (1.0 - FOCUS_PENALTY * (1.0 - named(f))), named(f), r) for r, f in zip(rows, stems[1:])]
+        scored, at = [], 1
+        for r, ns in zip(rows, names):
+            share = max(named(f) for f in stems[at: at + len(ns)])
+            at += len(ns)
+            scored.append((r[6] * (1.0 - FOCUS_PENALTY * (1.0 - share)), share, r))
         scored.sort(key=lambda sr: -sr[0])  # stable: ties keep BM25's order
-        return [(*r[:6], score, share) for score, share, r in scored]
+        return [(*r[:6], score, r[7], share) for score, share, r in scored]
 
-    def _coverage(self, query_words: str, hits: list[tuple[str, str]]) -> list[float]:
-        """IDF-weighted share of the query's (stemmed) terms each hit contains.
+    def _coverage(self, query_words: str, hits: list[tuple[str, str]],
+                  equivalent: dict[str, set[str]] | None = None) -> list[float]:
+        """IDF-weighted share of the query's (stemmed) terms each hit contains; a term
+        also counts as contained when a word that stands for it is (`equivalent`).
         Caller holds the lock."""
         if not hits:
             return []
@@ -280,7 +350,9 @@ class KnowledgeBase:
         total = sum(weight.values())
         if not total:
             return [0.0] * len(hits)
-        return [sum(w for t, w in weight.items() if t in hit) / total for hit in stems[1:]]
+        equivalent = equivalent or {}
+        return [sum(w for t, w in weight.items() if t in hit or equivalent.get(t, set()) & hit) / total
+                for hit in stems[1:]]
 
     def section_of(self, hit: Passage, section: str) -> Passage | None:
         """The first passage of `hit`'s page on `section` (a MedQuAD question type such as
@@ -289,7 +361,8 @@ class KnowledgeBase:
             row = self._con.execute(
                 "SELECT text, title, source, url, doc_id FROM passages WHERE (url = ? AND url != '' OR doc_id = ?) "
                 "AND title LIKE ? ORDER BY id LIMIT 1", (hit.url, hit.doc_id, f"%: {section}")).fetchone()
-        return Passage(*row, score=hit.score, coverage=hit.coverage, topic_named=hit.topic_named) if row else None
+        return Passage(*row, score=hit.score, coverage=hit.coverage, topic_named=hit.topic_named,
+                       aliases=hit.aliases) if row else None
 
     def is_relevant(self, hits: list[Passage]) -> bool:
         """False when the best hit is too weak to answer from: the caller should

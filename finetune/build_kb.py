@@ -151,7 +151,11 @@ def read_documents(source: Path) -> list[dict]:
                 continue
             doc_id = f"{coll}/{xml_path.stem}"  # the id attribute repeats in a few cancer.gov files
             focus = " ".join((root.findtext("Focus") or "").split())
-            docs.append({"doc_id": doc_id, "source": coll, "url": root.get("url") or "", "focus": focus, "qas": qas})
+            # MedlinePlus lists other names of a topic ("A1C": HbA1C, Glycohemoglobin): a
+            # question that uses one of them must find the page.
+            synonyms = [" ".join((s.text or "").split()) for s in root.iter("Synonym")]
+            docs.append({"doc_id": doc_id, "source": coll, "url": root.get("url") or "", "focus": focus, "qas": qas,
+                         "aliases": [s for s in dict.fromkeys(synonyms) if s and s.lower() != focus.lower()]})
     assign_splits(docs)
     return docs
 
@@ -186,6 +190,8 @@ def build(source: Path, out: Path) -> dict:
                 title = f"{doc['focus'] or doc['doc_id']}: {qa['qtype'] or 'information'}"
                 seen[key] = {"id": len(records), "doc_id": doc["doc_id"], "source": doc["source"], "url": doc["url"],
                              "focus": doc["focus"], "qtype": qa["qtype"], "title": title, "text": text}
+                if doc["aliases"]:
+                    seen[key]["aliases"] = doc["aliases"]
                 records.append(seen[key])
     stats["passages"] = len(records)
     stats["documents"] = len(splits)
