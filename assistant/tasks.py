@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from . import prompts
+from .answer_checks import SentenceGate
+# Grounding lives in its own module; these names stay importable from here.
+from .grounding import GROUNDING_CANDIDATES, GROUNDING_PASSAGES, ground, question_section, retrieve_grounding  # noqa: F401
 from .backends.base import Backend, BackendError, CancelToken, GenerationOptions, GenerationStats, Message
 
 TextCallback = Callable[[str], None]
@@ -429,67 +432,46 @@ def _merge(backend: Backend, summaries: list[str], title: str, opts: GenerationO
         summaries = merged
 
 
-GROUNDING_PASSAGES = 2
-# Candidates looked at for those passages. An answer is grounded in one page: the best
-# hit's. Mixing in the runner-up page of another document made one answer in four cite
-# a page it was not about (valid split: citation precision .75 with two pages, .86 with one).
-GROUNDING_CANDIDATES = 5
+# A message telling how the writer (or someone in their care) feels: answered in the
+# second person with when to get care, never as a clinical note.
+_STORY_SUBJECT = re.compile(
+    r"\b(?:i|i'?ve|i'?m|im|my (?:\w+ ){0,2}?(?:son|daughter|child|baby|kid|husband|wife|partner|mother|father|mom|mum|"
+    r"dad|boy|girl))\b[^.?!]{0,60}?\b(?:have|has|had|having|feel|feels|feeling|felt|hurts?|hurting|aches?|aching|"
+    r"been|got|gets|keeps?|woke|cannot|can'?t)\b", re.IGNORECASE)
+_SYMPTOM = re.compile(
+    r"\b(?:pains?|painful|aches?|aching|hurts?|hurting|fever|temperature|cough\w*|rash|dizz\w*|nause\w*|vomit\w*|"
+    r"throw\w* up|diarrh\w*|headaches?|migraines?|sore|swollen|swelling|itch\w*|bleed\w*|tired|fatigue|exhausted|"
+    r"short of breath|breath\w*|lumps?|numb\w*|tingl\w*|cramps?|burn\w*|constipat\w*|sleep\w*|anxious|anxiety|"
+    r"depress\w*|chills|sweat\w*|wheez\w*|stiff\w*|weak\w*|spots?|blisters?|discharge|bloat\w*|heartburn)\b",
+    re.IGNORECASE)
 
 
-# What a question asks about, by its words, as the knowledge base's sections name it; the
-# first that matches wins, "what is X" only when nothing more particular is asked.
-_SECTION_CUES = [(section, re.compile(cue, re.IGNORECASE)) for section, cue in (
-    ("symptoms", r"\b(?:symptoms?|signs?)\b"),
-    ("treatment", r"\b(?:treat\w*|cures?|cured|therap\w*)\b"),
-    ("inheritance", r"\b(?:inherit\w*|hereditary|passed (?:down|on)|runs? in (?:the )?famil\w*)\b"),
-    ("genetic changes", r"\bgenetic changes?\b|\bgenes? (?:\w+ ){0,2}?(?:related|involved|linked)\b"),
-    ("causes", r"\bcaus\w*\b|\bwhy (?:do|does|did)\b"),
-    ("frequency", r"\bhow (?:common|rare|many people)\b|\bfrequen\w*\b"),
-    ("exams and tests", r"\bdiagnos\w*\b|\btests?\b|\bexams?\b"),
-    ("prevention", r"\bprevent\w*\b|\bavoid (?:getting|catching)\b"),
-    ("susceptibility", r"\bat risk\b|\brisk factors?\b"),
-    ("outlook", r"\boutlook\b|\bprognosis\b|\blife expectancy\b"),
-    ("complications", r"\bcomplications?\b"),
-    ("stages", r"\bstages?\b"),
-    ("research", r"\bresearch\b|\bclinical trials?\b"),
-    # "what is X" itself, not "what is the normal level of X" (the search knows better there)
-    ("information", r"^\W*(?:what|who) (?:is|are|'s)(?: \(are\))? (?!.*\b(?:of|for|in|with|to|from|about|after|"
-                    r"during|when|if|between|like|than)\b)[^?]{1,80}\?*\s*$|\btell me about\b|\bexplain\b"),
-)]
+def is_symptom_story(text: str) -> bool:
+    return bool(_STORY_SUBJECT.search(text) and _SYMPTOM.search(text))
 
 
-_SECTION_ELSEWHERE = {"symptoms": "information", "causes": "genetic changes"}
+def symptom_answer_messages(question: str, passages: Sequence, history: Sequence[Message] = ()) -> list[Message]:
+    refs = "\n\n".join(f"[{i}] {p.title}\n{p.text.strip()}" for i, p in enumerate(passages, 1))
+    content = prompts.render("answer_symptoms", passages=refs, question=question.strip())
+    return [_system(), *history, {"role": "user", "content": content}]
 
 
-def question_section(query: str) -> str | None:
-    """The section of a page a question asks for ("what are the symptoms of X" ->
-    "symptoms", "what is X" -> "information"), or None."""
-    return next((section for section, cue in _SECTION_CUES if cue.search(query)), None)
+def _extract(passages: Sequence, words: int = 60) -> str:
+    """The opening sentences of the best passage: said when every drafted sentence failed
+    its checks, since a source's own words cannot misstate it."""
+    text = " ".join(passages[0].text.split())
+    sentences, out = re.split(r"(?<=[.!?])\s+", text), []
+    for sentence in sentences:
+        if out and len(" ".join(out).split()) + len(sentence.split()) > words:
+            break
+        out.append(sentence)
+    return f"From \"{passages[0].title}\": " + " ".join(out)
 
 
-def retrieve_grounding(knowledge, query: str, section: str | None = None) -> list | None:
-    """The passages an answer to `query` is grounded in: up to GROUNDING_PASSAGES
-    relevant passages of the best hit's page, best first; None when nothing in
-    the knowledge base is relevant (the caller says it does not know). When the
-    question asks for a section of the page ("what is X", "how is X treated"), that
-    section's passage comes first: every passage of a page names its topic, so the
-    search alone ranked the shortest first ("what is preeclampsia" was answered from
-    its inheritance and frequency passages)."""
-    hits = knowledge.search(query, k=GROUNDING_CANDIDATES)
-    if not knowledge.is_relevant(hits):
-        return None
-    page = hits[0].url or hits[0].doc_id
-    chosen = [h for h in hits if (h.url or h.doc_id) == page and knowledge.is_relevant([h])]
-    section = section or question_section(query)
-    wanted = None
-    if section:
-        # Some sites file these under another name (GHR: symptoms in "information").
-        wanted = knowledge.section_of(hits[0], section)
-        if wanted is None and section in _SECTION_ELSEWHERE:
-            wanted = knowledge.section_of(hits[0], _SECTION_ELSEWHERE[section])
-    if wanted is not None:
-        chosen = [wanted, *(h for h in chosen if h.text != wanted.text)]
-    return chosen[:GROUNDING_PASSAGES]
+def _care_text() -> str:
+    from .safety.triage import default_config
+
+    return prompts.render("seek_care", emergency=default_config().numbers.get("emergency", "911"))
 
 
 def _fixed(text: str, model: str, on_text: TextCallback | None, meta: dict) -> TaskResult:
@@ -541,6 +523,7 @@ def answer(
             meta["scope"] = verdict.scope
             referral = verdict.referral
     opts = options or GenerationOptions(max_tokens=ANSWER_MAX_TOKENS)
+    grounding = None
     if grounded and not is_small_talk(question):
         if knowledge is None:
             from .knowledge import KnowledgeBase, KnowledgeError
@@ -549,34 +532,28 @@ def answer(
                 knowledge = KnowledgeBase.default()
             except KnowledgeError as exc:
                 raise TaskError(str(exc)) from exc
-        # A follow-up that says too little on its own ("what about children?") is read with the
-        # last question that was looked up; one that stands alone keeps its own topic.
-        last_asked = next((m["content"] for m in reversed(history)
-                           if m["role"] == "user" and not is_small_talk(m["content"])), "")
-        asks_for = question_section(question)
-        hits = None
-        if last_asked and asks_for and _BACK_REFERENCE.search(question) and len(question.split()) <= 8:
-            # "How is it treated?" after "What are the symptoms of lupus?": that page, at the
-            # section asked for now (alone, "treated" finds a kidney booklet's title)
-            hits = retrieve_grounding(knowledge, last_asked, section=asks_for)
-        if hits is None:
-            hits = retrieve_grounding(knowledge, question)
-        asked = _last_question(question)
-        if hits is None and asked:  # a story, then the question: judged on the question alone
-            hits = retrieve_grounding(knowledge, asked)
-        if hits is None and last_asked and leans_on_context(question):
-            # the section the follow-up asks for, else the earlier question's
-            hits = retrieve_grounding(knowledge, f"{last_asked} {question}",
-                                      section=asks_for or question_section(last_asked))
-        if hits is None:
-            text = prompts.template("dont_know")
+        grounding = ground(knowledge, _queries(question, history), question, getattr(knowledge, "vocabulary", None))
+        meta["grounding"] = grounding.kind
+        if grounding.missing:
+            meta["not_in_library"] = list(grounding.missing)
+        if grounding.kind in ("none", "missing"):
+            if grounding.kind == "missing":
+                text = prompts.render("not_in_library", drugs=_listing(grounding.missing))
+            else:
+                text = prompts.template("dont_know")
             if referral:
                 text += "\n\n" + referral
             return _fixed(text, "knowledge-base", on_text, meta)
+        hits = grounding.passages
         meta["grounded"] = True
         meta["sources"] = unique_sources(hits)
-        messages = grounded_answer_messages(question, hits, _plain_history(history))
+        story = is_symptom_story(question)
+        if story:
+            meta["symptom_story"] = True
+        build = symptom_answer_messages if story else grounded_answer_messages
+        messages = build(question, hits, _plain_history(history))
     else:
+        build = None
         messages = answer_messages(question, history)
     # Drop the oldest turns of a long conversation rather than overflow the context, then
     # the least relevant reference passages.
@@ -590,16 +567,100 @@ def answer(
     while meta["grounded"] and len(hits) > 1 and backend.prompt_tokens(messages) + reserve > backend.context_length:
         hits = hits[:-1]
         meta["sources"] = unique_sources(hits)
-        messages = [*messages[:-1], grounded_answer_messages(question, hits)[-1]]
+        messages = [*messages[:-1], build(question, hits)[-1]]
     if backend.prompt_tokens(messages) + reserve > backend.context_length:
         raise TaskError(f"the question is too long for the model ({len(question.split())} words): it reads at "
                         f"most {backend.context_length} tokens, its answer included; please shorten it")
-    text, stats = _run(backend, messages, opts, on_text, cancel)
-    if referral and stats.finish_reason != "cancelled":
+    if not meta["grounded"]:
+        text, stats = _run(backend, messages, opts, on_text, cancel)
+    else:
+        text, stats = _run_checked(backend, messages, opts, on_text, cancel, hits, meta)
+    cancelled = stats.finish_reason == "cancelled"
+    additions = []
+    if grounding is not None and not cancelled:
+        if grounding.kind == "partial":
+            who = "Your pharmacist or prescriber" if _is_drug(hits[0]) else "A doctor, nurse or pharmacist"
+            additions.append(prompts.render("partial_answer", topic=grounding.topic, who=who))
+        if grounding.missing:
+            additions.append(prompts.render("not_in_library", drugs=_listing(grounding.missing)))
+        if meta.get("symptom_story"):
+            additions.append(_care_text())
+    if referral and not cancelled:
+        additions.append(referral)
+    for extra in additions:
         if on_text is not None:
-            on_text("\n\n" + referral)
-        text += "\n\n" + referral
+            on_text("\n\n" + extra)
+        text += "\n\n" + extra
     return TaskResult(text, backend.model_name, stats, meta=meta)
+
+
+def _queries(question: str, history: Sequence[Message]) -> list[tuple[str, str | None]]:
+    """What to look up, in order: a short follow-up that points back and asks for a section
+    ("How is it treated?" after "What are the symptoms of lupus?") reads that section of the
+    earlier page (alone, "treated" finds a kidney booklet's title); then the question itself;
+    a story's last question alone; a follow-up read with the last question looked up."""
+    last_asked = next((m["content"] for m in reversed(history)
+                       if m["role"] == "user" and not is_small_talk(m["content"])), "")
+    asks_for = question_section(question)
+    queries: list[tuple[str, str | None]] = []
+    if last_asked and asks_for and _BACK_REFERENCE.search(question) and len(question.split()) <= 8:
+        queries.append((last_asked, asks_for))
+    queries.append((question, None))
+    asked = _last_question(question)
+    if asked:
+        queries.append((asked, None))
+    if last_asked and leans_on_context(question):
+        queries.append((f"{last_asked} {question}", asks_for or question_section(last_asked)))
+    return queries
+
+
+def _listing(names: Sequence[str]) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _is_drug(passage) -> bool:
+    from .grounding import is_drug_page
+
+    return is_drug_page(passage)
+
+
+def _run_checked(backend: Backend, messages: Sequence[Message], options: GenerationOptions,
+                 on_text: TextCallback | None, cancel: CancelToken | None, passages: Sequence,
+                 meta: dict) -> tuple[str, GenerationStats]:
+    """Generate through the sentence checks: a note-voice sentence is dropped, a repeated
+    one ends the answer (the model is stopped there), and an answer left with nothing
+    gives the source's own opening words instead."""
+    gate = SentenceGate()
+    stop = CancelToken()
+
+    class _Either:  # the caller's cancel, or the gate's stop on a loop
+        @property
+        def cancelled(self) -> bool:
+            return stop.cancelled or (cancel is not None and cancel.cancelled)
+
+    def shown(piece: str) -> None:
+        out = gate.feed(piece)
+        if gate.looped:
+            stop.cancel()
+        if out and on_text is not None:
+            on_text(out)
+
+    _, stats = _run(backend, messages, options, shown, _Either())
+    tail = gate.finish()
+    if tail and on_text is not None:
+        on_text(tail)
+    if gate.looped and not (cancel is not None and cancel.cancelled):
+        stats = dataclasses.replace(stats, finish_reason="stop")
+    if gate.dropped:
+        meta["dropped_sentences"] = [{"reason": r, "text": t} for r, t in gate.dropped]
+    text = gate.text
+    if stats.finish_reason != "cancelled" and (not text or gate.dropped and len(text.split()) < 5):
+        fallback = _extract(passages)
+        if on_text is not None:
+            on_text(("\n\n" if text else "") + fallback)
+        text = f"{text}\n\n{fallback}".strip()
+    return text, stats
 
 
 def unique_sources(passages: Sequence) -> list[dict]:

@@ -42,7 +42,7 @@ def test_health_question_is_grounded_and_cites_its_source(kb):
     assert "[1] Glaucoma: symptoms\nGlaucoma often has no early symptoms." in prompt
     assert prompt.endswith("Question: What are the symptoms of glaucoma?")
     assert "Diabetes" not in prompt  # an irrelevant passage is not offered
-    assert result.meta == {"triage": "none", "grounded": True,
+    assert result.meta == {"triage": "none", "grounded": True, "grounding": "full",
                            "sources": [{"title": "Glaucoma: symptoms", "url": "https://example.org/glaucoma"}]}
 
 

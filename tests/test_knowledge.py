@@ -300,7 +300,7 @@ def test_a_sentence_two_diseases_share_stays_on_both_pages(tmp_path):
 
 @pytest.mark.parametrize("question, section", [
     ("What is (are) Marfan syndrome ?", "information"), ("what is gout", "information"),
-    ("what are the side effects of metformin", None),  # not the overview: the search decides
+    ("what are the side effects of metformin", "side effects"),  # not the overview: the search decides
     ("what is a normal blood sugar level for adults", None),
     ("How is gout treated?", "treatment"), ("Is it inherited?", "inheritance"), ("How common is lupus?", "frequency"),
 ])
