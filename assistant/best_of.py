@@ -7,6 +7,10 @@ its mean ROUGE-1 F1 against the notes written for the most similar training visi
 clinical note. On the 100 MTS-Dialog validation dialogues, with greedy + 8 samples
 from the shipped model, ROUGE-1 went from 37.1 (greedy) to 39.4 with agreement
 alone and 40.6 with both (see finetune/RESULTS.md).
+
+A draft that states what the transcript does not (an age, a setting, a dose:
+assistant.faithfulness) is never chosen while another draft does not: `faithful`
+marks the drafts that may be. The scores still count every draft's agreement.
 """
 from __future__ import annotations
 
@@ -44,9 +48,17 @@ def utilities(candidates: Sequence[str], examples: Sequence[str] = ()) -> list[f
     return scores
 
 
-def choose(candidates: Sequence[str], examples: Sequence[str] = ()) -> int:
-    """Index of the best candidate; ties go to the earliest (the greedy one comes first)."""
+def best(scores: Sequence[float], faithful: Sequence[bool] | None = None) -> int:
+    """Index of the highest score among the faithful candidates (all of them when none
+    is); ties go to the earliest (the greedy one comes first)."""
+    allowed = [i for i in range(len(scores)) if faithful is None or faithful[i]] or list(range(len(scores)))
+    return max(allowed, key=lambda i: (scores[i], -i))
+
+
+def choose(candidates: Sequence[str], examples: Sequence[str] = (), faithful: Sequence[bool] | None = None) -> int:
+    """Index of the best candidate (see `best`)."""
     if not candidates:
         raise ValueError("no candidates to choose from")
-    scores = utilities(candidates, examples)
-    return max(range(len(candidates)), key=lambda i: (scores[i], -i))
+    if faithful is not None and len(faithful) != len(candidates):
+        raise ValueError(f"{len(faithful)} faithfulness marks for {len(candidates)} candidates")
+    return best(utilities(candidates, examples), faithful)

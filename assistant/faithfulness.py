@@ -634,7 +634,7 @@ class Cleaner:
             if kept.strip():
                 if self._started:
                     out.append(self._pending)
-                out.append(kept)
+                out.append(kept if self._started else kept.lstrip())
                 self._started = True
                 self._pending = space
             elif self._started:

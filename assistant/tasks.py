@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from . import prompts
+from . import faithfulness, prompts
 from .answer_checks import SentenceGate
 # Grounding lives in its own module; these names stay importable from here.
 from .grounding import GROUNDING_CANDIDATES, GROUNDING_PASSAGES, ground, question_section, retrieve_grounding  # noqa: F401
@@ -273,20 +273,38 @@ def summarize(
     max_chunk_tokens: int | None = None,
     best_of: int | None = 1,
     examples=None,
+    *,
+    style: str | None = None,
+    source: str | None = None,
+    synonyms=None,
 ) -> TaskResult:
     """`best_of` > 1 drafts that many candidates and returns the one `best_of.choose`
-    prefers, judged with the notes of similar visits from `examples` (a
-    `note_examples.NoteExamples`; the shipped ones by default). `on_text` then gets
-    the chosen text once, at the end. None means the default for the section
-    (`summary_drafts`). A transcript split into parts is summarized with one draft
-    per call."""
+    prefers among those with no unsupported fact, judged with the notes of similar visits
+    from `examples` (a `note_examples.NoteExamples`; the shipped ones by default).
+    `on_text` then gets the chosen text once, at the end. None means the default for the
+    section (`summary_drafts`). A transcript split into parts is summarized with one draft
+    per call.
+
+    With no section, the whole visit is written as a note of several sections in `style`
+    ("soap", the default, or "gp"; `visit_notes`). Every draft, part summary and merged
+    summary is checked against `source` (the transcript by default) and loses the
+    sentences that state what it does not say (`faithfulness.clean`, brand and generic
+    names through `synonyms`); meta["faithfulness"] says what was removed and why,
+    meta["unchecked"] holds the text as drafted."""
     if not dialogue or not dialogue.strip():
         raise TaskError("the transcript is empty")
     _check_text(dialogue, "transcript")
+    if best_of is not None and best_of < 1:
+        raise TaskError(f"best_of must be at least 1, not {best_of}")
+    if not section or not section.strip():
+        from . import visit_notes
+
+        # Nine drafts per section were not worth their time on long notes (finetune/RESULTS.md).
+        return visit_notes.write_note(backend, dialogue, summarize, style, options, on_text, cancel, on_progress,
+                                      best_of or 1, examples, synonyms)
     if best_of is None:
         best_of = summary_drafts(section)
-    if best_of < 1:
-        raise TaskError(f"best_of must be at least 1, not {best_of}")
+    source = source or dialogue
     opts = options or summary_options()
     budget = _budget(backend, summary_messages("", section), opts.max_tokens)
     if budget < 8:  # the same for every record, so say which setting to change
@@ -297,9 +315,12 @@ def summarize(
     if backend.count_tokens(dialogue) <= budget:
         if best_of > 1:
             return _summarize_best_of(backend, dialogue, section, opts, best_of, examples,
-                                      on_text, cancel, on_progress)
-        text, stats = _run(backend, summary_messages(dialogue, section), opts, on_text, cancel)
-        return TaskResult(text, backend.model_name, stats)
+                                      on_text, cancel, on_progress, source, synonyms)
+        # Checked a sentence at a time as it streams: what is shown is what is kept.
+        cleaner = faithfulness.Cleaner(source, synonyms)
+        text, stats = _run(backend, summary_messages(dialogue, section), opts, _cleaned(cleaner, on_text), cancel)
+        _finish(cleaner, on_text)
+        return TaskResult(cleaner.text, backend.model_name, stats, meta=_checked(cleaner.report, text))
 
     title = _title(section)
     # Two part summaries must fit one merge prompt, or every part would be written only for
@@ -315,7 +336,8 @@ def summarize(
     parts = split_to_fit(dialogue, part_budget, backend.count_tokens)
     summaries: list[str] = []
     try:
-        return _summarize_parts(backend, parts, summaries, title, opts, part_opts, on_text, cancel, on_progress)
+        return _summarize_parts(backend, parts, summaries, title, opts, part_opts, on_text, cancel, on_progress,
+                                source, synonyms)
     except (BackendError, TaskError) as exc:  # a model failure, or summaries too long to merge
         if not summaries:
             raise
@@ -325,11 +347,14 @@ def summarize(
 
 
 def _summarize_parts(backend: Backend, parts: list[str], summaries: list[str], title: str,
-                     opts: GenerationOptions, part_opts: GenerationOptions, on_text, cancel, on_progress
-                     ) -> TaskResult:
-    """Summarize each part into `summaries` (the caller keeps them if a call fails), then merge."""
+                     opts: GenerationOptions, part_opts: GenerationOptions, on_text, cancel, on_progress,
+                     source: str, synonyms=None) -> TaskResult:
+    """Summarize each part into `summaries` (the caller keeps them if a call fails), then merge.
+    Each part's summary is checked before the merge reads it, and the merge as it streams."""
     total: GenerationStats | None = None
     calls = 0
+    report = faithfulness.Report()
+    drafted: list[str] = []
     for i, part in enumerate(parts, 1):
         if on_progress:
             on_progress("part", i - 1, len(parts))
@@ -341,21 +366,50 @@ def _summarize_parts(backend: Backend, parts: list[str], summaries: list[str], t
         text, stats = _run(backend, messages, part_opts, None, cancel)
         total = _add(total, stats)
         calls += 1
+        drafted.append(text)
+        text, found = faithfulness.clean(text, source, synonyms)
+        report.extend(found)
         summaries.append(text)
         if stats.finish_reason == "cancelled":
-            return TaskResult("\n".join(summaries), backend.model_name, total, calls)
+            return TaskResult("\n".join(summaries), backend.model_name, total, calls,
+                              meta=_checked(report, "\n".join(drafted)))
     if on_progress:
         on_progress("part", len(parts), len(parts))
-    merged, merge_stats, merge_calls = _merge(backend, summaries, title, opts, on_text, cancel, part_opts)
+    cleaner = faithfulness.Cleaner(source, synonyms)
+    merged, merge_stats, merge_calls = _merge(backend, [s for s in summaries if s.strip()] or summaries, title, opts,
+                                              _cleaned(cleaner, on_text), cancel, part_opts)
+    _finish(cleaner, on_text)
     total = _add(total, merge_stats)
+    # what the cleaner passed on, unless a cancel left merges unshown (a round's, or none yet)
+    checked, found = faithfulness.clean(merged, source, synonyms)
+    report.extend(found)
     if total.finish_reason == "cancelled" and not merged.strip():  # stopped before the merge wrote anything
-        merged = "\n".join(summaries)
-    return TaskResult(merged, backend.model_name, total, calls + merge_calls)
+        checked = "\n".join(summaries)
+    return TaskResult(checked, backend.model_name, total, calls + merge_calls, meta=_checked(report, merged))
+
+
+def _cleaned(cleaner, on_text: TextCallback | None) -> TextCallback:
+    """A stream callback that passes on what `cleaner` keeps."""
+    def feed(piece: str) -> None:
+        kept = cleaner.feed(piece)
+        if kept and on_text is not None:
+            on_text(kept)
+    return feed
+
+
+def _finish(cleaner, on_text: TextCallback | None) -> None:
+    kept = cleaner.finish()
+    if kept and on_text is not None:
+        on_text(kept)
+
+
+def _checked(report, drafted: str) -> dict:
+    return {"faithfulness": report.to_dict(), "unchecked": drafted}
 
 
 def _summarize_best_of(backend: Backend, dialogue: str, section: str | None, opts: GenerationOptions,
                        n: int, examples, on_text: TextCallback | None, cancel: CancelToken | None,
-                       on_progress: ProgressCallback | None) -> TaskResult:
+                       on_progress: ProgressCallback | None, source: str | None = None, synonyms=None) -> TaskResult:
     from . import best_of, note_examples
 
     messages = summary_messages(dialogue, section)
@@ -380,16 +434,23 @@ def _summarize_best_of(backend: Backend, dialogue: str, section: str | None, opt
         on_progress("candidate", len(drafts), n)
     cancelled = total.finish_reason == "cancelled"
     texts = [t for t, _ in drafts]
+    source = source or dialogue
+    # A draft stating what the transcript does not is passed over while another does not.
+    faithful = [faithfulness.check(t, source, synonyms).faithful for t in texts]
     if len(texts) > 1:
         library = examples if examples is not None else note_examples.load()
-        chosen = best_of.choose(texts, library.similar(dialogue, section, k=best_of.EXAMPLES))
+        scores = best_of.utilities(texts, library.similar(dialogue, section, k=best_of.EXAMPLES))
+        unchecked, chosen = best_of.best(scores), best_of.best(scores, faithful)
     else:
-        chosen = 0
+        unchecked = chosen = 0
     total.finish_reason = "cancelled" if cancelled else drafts[chosen][1].finish_reason
-    if on_text is not None and texts[chosen]:
-        on_text(texts[chosen])
-    return TaskResult(texts[chosen], backend.model_name, total, len(drafts),
-                      meta={"best_of": n, "drafts": len(texts), "chosen": chosen})
+    text, report = faithfulness.clean(texts[chosen], source, synonyms)
+    if on_text is not None and text:
+        on_text(text)
+    # "unchecked": what the choice would have been without the check, as it was drafted
+    return TaskResult(text, backend.model_name, total, len(drafts),
+                      meta={"best_of": n, "drafts": len(texts), "chosen": chosen, "faithful_drafts": sum(faithful),
+                            **_checked(report, texts[unchecked])})
 
 
 def _merge_messages(title: str, items: list[str]) -> list[Message]:
