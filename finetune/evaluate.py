@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from assistant import tasks
+from assistant import faithfulness, tasks
 from assistant.backends import load_backend
 from assistant.backends.base import Backend, GenerationOptions, GenerationStats, Message
 
@@ -161,7 +161,10 @@ def generate(backend: Backend, record: dict, style: str, opts: GenerationOptions
                                  best_of=summary.best_of)
         # the task's reason: the chosen draft's, or "length" when any part of a chunked transcript was cut
         return result.text, {"finish_reason": result.stats.finish_reason,
-                             **({"chosen_draft": result.meta["chosen"]} if "chosen" in result.meta else {})}
+                             **({"chosen_draft": result.meta["chosen"]} if "chosen" in result.meta else {}),
+                             **({"unchecked": result.meta["unchecked"]} if "unchecked" in result.meta else {}),
+                             **({"removed": len(result.meta["faithfulness"]["removed"])}
+                                if "faithfulness" in result.meta else {})}
     if record["task"] == "answer":
         grounded = suite != "medquad-ungrounded"
         result = tasks.answer(backend, inputs["question"], options=opts, grounded=grounded, safety=grounded)
@@ -188,6 +191,13 @@ def score_suite(suite: str, rows: list[dict]) -> dict:
         out["answered_with_sources"] = sum(bool(r.get("sources")) for r in rows)
         out["fixed_replies"] = dict(Counter(r["answered_by"] for r in rows if r["answered_by"] in
                                             ("knowledge-base", "triage")))
+    if any("unchecked" in r for r in rows):
+        out["unchecked"] = {k: round(v, 2) for k, v in
+                            metrics.rouge([r.get("unchecked", r["prediction"]) for r in rows], refs).items()}
+        out["unsupported"] = {"before": metrics.unsupported_counts([r.get("unsupported_before", []) for r in rows]),
+                              "after": metrics.unsupported_counts([r.get("unsupported_after", []) for r in rows])}
+    if rows and "seconds" in rows[0]:
+        out["seconds_per_record"] = round(sum(r["seconds"] for r in rows) / len(rows), 1)
     tokens = [r["completion_tokens"] for r in rows]
     out["mean_completion_tokens"] = round(sum(tokens) / len(tokens), 1) if tokens else 0
     out["hit_max_tokens"] = sum(r["finish_reason"] == "length" for r in rows)
@@ -200,13 +210,20 @@ def run_generation(backend: StatsRecorder, suite: str, records: list[dict], styl
     rows = []
     for i, record in enumerate(records, 1):
         before = len(backend.calls)
+        started = time.perf_counter()
         text, extra = generate(backend, record, style, opts, suite, summary)
+        seconds = time.perf_counter() - started
         calls = backend.calls[before:]
+        if "unchecked" in extra:
+            # what a summary states that its transcript does not, as drafted and as returned
+            source = record["meta"]["inputs"]["dialogue"]
+            extra["unsupported_before"] = sorted(faithfulness.check(extra["unchecked"], source).categories())
+            extra["unsupported_after"] = sorted(faithfulness.check(text, source).categories())
         finish_reason = extra.pop("finish_reason", calls[-1].finish_reason if calls else None)
         row = {
             "suite": suite, "id": record["id"], "prediction": text, "reference": record["reference"],
             "completion_tokens": sum(s.completion_tokens for s in calls), "calls": len(calls),
-            "finish_reason": finish_reason,
+            "finish_reason": finish_reason, "seconds": round(seconds, 2),
             **({"label": record["meta"]["label"]} if suite == "pubmedqa" else {}),
             "rouge": {k: round(v, 2) for k, v in metrics.rouge_one(text, record["reference"]).items()},
             **extra,

@@ -8,6 +8,8 @@
   with its defaults, i.e. no stemming and ROUGE-Lsum on the text as it is (equal to
   ROUGE-L on one-line notes). Stemming scores about 1.5 ROUGE-1 higher on MTS-Dialog.
 - PubMedQA: the label is the answer's first word (yes / no / maybe).
+- Faithfulness: summaries counted by the kinds of unsupported fact they state
+  (assistant.faithfulness), before and after the check removes them.
 - Perplexity over the reference tokens only: the reply's own tokens, without the
   end-of-turn token that training also scores.
 """
@@ -54,6 +56,19 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
         return {k: 0.0 for k in ROUGE_KEYS + MEDIQA_KEYS}
     scores = [rouge_one(p, r) for p, r in zip(predictions, references)]
     return {k: sum(s[k] for s in scores) / len(scores) for k in ROUGE_KEYS + MEDIQA_KEYS}
+
+
+def unsupported_counts(categories: Sequence[Sequence[str]]) -> dict:
+    """How many summaries state an unsupported fact of each category (`identity`: an age,
+    sex or setting; `medicine`; `number`: a dose, duration, date or other number), of how
+    many, and the share in %."""
+    n = len(categories)
+    out: dict = {"n": n}
+    for key in ("identity", "medicine", "number"):
+        count = sum(key in c for c in categories)
+        out[key] = count
+        out[f"{key}_pct"] = round(100 * count / n, 1) if n else 0.0
+    return out
 
 
 def pubmedqa_label(text: str) -> str:
