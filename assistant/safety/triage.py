@@ -393,7 +393,8 @@ def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False,
         return False
     if clause_has("educational") and not clause_has("personal_now"):
         return False
-    if context and clause_has("occasional"):
+    # Now and then ("sometimes"), or imagined ("what if"): counts only if the message says it is happening now
+    if context and (clause_has("occasional") or clause_has("hypothetical")):
         if ("happening_now", -1) not in memo:  # the whole message's: searched once
             memo["happening_now", -1] = bool(cfg.ctx["happening_now"].search(norm))
         if not memo["happening_now", -1]:
