@@ -297,10 +297,10 @@ _SEX_IN_DRAFT = re.compile(r"\b(male|female|man|woman|gentleman|lady|boy|girl|mr
 
 # setting -> (how a draft names it, what in a source supports it)
 _SETTINGS = {
-    "emergency": (r"\bemergency (?:room|department|dept|unit|ward)\b|\b(?:ER|ED|A&E)\b|\bcasualty\b",
+    "emergency": (r"\bemergency (?:room|department|dept|unit|ward)\b|(?-i:\b(?:ER|ED|A&E)\b)|\bcasualty\b",
                   r"\bemergency\b|\be\.?r\b|\bed\b|\ba ?& ?e\b|\bcasualty\b"),
     "urgent care": (r"\burgent care(?: (?:center|centre|clinic))?\b", r"\burgent care\b"),
-    "intensive care": (r"\bICU\b|\b(?:intensive|critical) care(?: unit)?\b", r"\bicu\b|\bintensive care\b|\bcritical care\b"),
+    "intensive care": (r"(?-i:\bICU\b)|\b(?:intensive|critical) care(?: unit)?\b", r"\bicu\b|\bintensive care\b|\bcritical care\b"),
     "hospital": (r"\bhospital\b|\b(?:was |were )?(?:admitted|admission)\b|\binpatient\b",
                  r"\bhospital\w*|\badmit\w*|\badmission\b|\binpatient\b|\bward\b"),
     "clinic": (r"\b(?:clinic|office|outpatient (?:clinic|department))\b",
@@ -309,7 +309,7 @@ _SETTINGS = {
     "remote": (r"\b(?:tele(?:phone|health|medicine)|phone|video(?: call| visit| consultation)?|virtual(?:ly)?|remote(?:ly)?)\b",
                r"\b(?:tele\w+|phone|call\w*|video|virtual\w*|remote\w*|zoom|screen|hear me)\b"),
 }
-_SETTING_DRAFT = {k: re.compile(d) for k, (d, _) in _SETTINGS.items()}
+_SETTING_DRAFT = {k: re.compile(d, re.IGNORECASE) for k, (d, _) in _SETTINGS.items()}
 _SETTING_SOURCE = {k: re.compile(s, re.IGNORECASE) for k, (_, s) in _SETTINGS.items()}
 # A setting in a draft is written as a place the patient is in or comes to.
 _SETTING_PHRASE = r"(?:\s*,?\s*\b(?:to|in|at|into|from|via|through|by|over|on)\s+(?:the\s+|an?\s+|our\s+|this\s+|his\s+|her\s+|their\s+|your\s+)?(?:{place})(?:\s+today)?)"
