@@ -123,10 +123,11 @@ def section_input(section: Section, all_turns: Sequence[str]) -> list[str]:
     for i, t in enumerate(all_turns):
         if section.cues.search(t):
             keep.add(i)
-            if i + 1 < len(all_turns):
-                keep.add(i + 1)  # the answer to a question, or the patient's reply to a plan
-            if _PATIENT.match(t) and i > 0:
-                keep.add(i - 1)  # what the patient was answering
+            if _PATIENT.match(t):
+                if i > 0:
+                    keep.add(i - 1)  # what the patient was answering
+            elif i + 1 < len(all_turns):
+                keep.add(i + 1)  # the answer to the doctor's question, or the reply to a plan
     return [all_turns[i] for i in sorted(keep)]
 
 
