@@ -21,6 +21,7 @@ from .cli_logs import logs
 from .models import ModelError
 from .safety.triage import SafetyConfigError, default_config
 from .store import Store, StoreError, open_store
+from .visit_notes import STYLES
 from .tasks import (ANSWER_MAX_TOKENS, SUMMARY_BEST_OF, SUMMARY_MAX_TOKENS, SUMMARY_REPEAT_PENALTY, TaskError, answer,
                     summarize, summary_drafts, summary_options)
 
@@ -291,9 +292,12 @@ def ask(question, input_path, output_path, id_column, text_column, overwrite, mo
               help="Drafts per summary; the one closest to the others and to notes of similar visits is kept. "
                    f"Default: {SUMMARY_BEST_OF} for a section MTS-Dialog names (GENHX, 'Plan', ...), 1 for other "
                    "sections and whole-visit notes. 1 is fastest (one greedy draft, streamed).")
+@click.option("--style", type=click.Choice(STYLES), default=None,
+              help="Layout of a whole-visit note (no section): soap (the default; headed sections as in "
+                   "ACI-Bench's notes) or gp (terse, one line a section).")
 @log_options
 def summarize_cmd(inputs, output_path, section, id_column, text_column, section_column, overwrite,
-                  model, adapter, backend, max_tokens, temperature, seed, repeat_penalty, best_of, no_log, db):
+                  model, adapter, backend, max_tokens, temperature, seed, repeat_penalty, best_of, style, no_log, db):
     """Summarize transcripts (.txt files, JSONL or CSV) into clinical-note sections."""
     if not inputs:
         fail("no input files given")
@@ -327,7 +331,7 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
 
         with sigint_cancels(token), user_errors(), waiting:
             result = summarize(be, good[0].text, good[0].section or section, opts, on_text=echo, cancel=token,
-                               best_of=drafts)
+                               best_of=drafts, style=style)
         if not shown and result.text:  # a long transcript stopped before its merge: the part summaries
             _echo(result.text)
         click.echo()
@@ -343,11 +347,11 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
         _print_stats(result.stats)
         sys.exit(EXIT_CANCELLED if result.cancelled else 1 if errors else 0)
     sys.exit(_run_batch("summarize", list(inputs), output_path, overwrite, model, adapter, backend, opts,
-                        columns, section=section, store=open_log(db, no_log), best_of=best_of))
+                        columns, section=section, store=open_log(db, no_log), best_of=best_of, style=style))
 
 
 def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, opts, columns,
-               section=None, store: Store | None = None, best_of: int | None = 1) -> int:
+               section=None, store: Store | None = None, best_of: int | None = 1, style: str | None = None) -> int:
     records: list[Record] = []
     errors: list[RecordError] = []
     for path in inputs:
@@ -371,7 +375,8 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
                             section=section, max_tokens=opts.max_tokens, temperature=opts.temperature,
                             seed=opts.seed, repeat_penalty=opts.repeat_penalty,
                             **{k: v for k, v in columns.items() if v is not None},
-                            **({"best_of": best_of or "per section"} if task == "summarize" else {}))
+                            **({"best_of": best_of or "per section"} if task == "summarize" else {}),
+                            **({"style": style} if style else {}))
     with user_errors():
         writer = OutputWriter(output_path, identity, overwrite=overwrite)
     try:
@@ -395,7 +400,7 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
             status = "cancelled"  # unless the loop ends: a second Ctrl-C leaves it by KeyboardInterrupt
             already = len(writer.done)
             try:
-                _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors)
+                _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors, style)
                 status = ("complete" if len(writer.done) - already == len(todo) and not errors
                           else "cancelled" if token.cancelled else "partial")
             finally:
@@ -416,7 +421,7 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
     return 1 if remaining else 0
 
 
-def _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors) -> None:
+def _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors, style=None) -> None:
     """Run the task on each record, writing each result as it comes (`writer.done` counts them)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -429,7 +434,8 @@ def _process(task, todo, be, writer, store, run, opts, section, best_of, token, 
                 break
             try:
                 if task == "summarize":
-                    result = summarize(be, r.text, r.section or section, opts, cancel=token, best_of=best_of)
+                    result = summarize(be, r.text, r.section or section, opts, cancel=token, best_of=best_of,
+                                       style=style)
                     out = {"id": r.id, "summary": result.text}
                 else:
                     result = answer(be, r.text, options=opts, cancel=token)
