@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from .limits import InputTooLarge, Limits, read_bounded, text_size
 
 TEXT_KEYS = ("dialogue", "transcript", "conversation", "text")
 SECTION_KEYS = ("section", "section_header")
@@ -94,31 +98,50 @@ def _surrogate(text: str) -> bool:
 
 
 def read_records(path: Path, kind: str, id_column: str | None = None,
-                 text_column: str | None = None, section_column: str | None = None
-                 ) -> Iterator[Record | RecordError]:
+                 text_column: str | None = None, section_column: str | None = None,
+                 limits: Limits | None = None) -> Iterator[Record | RecordError]:
     """Yield records from one input file; `kind` is "summarize" or "ask"."""
     found = False
-    for item in _read_any(path, kind, id_column, text_column, section_column):
+    for item in _read_any(path, kind, id_column, text_column, section_column, limits or Limits()):
         found = True
         yield item
     if not found:
         yield RecordError(str(path), "no records found")
 
 
+def path_problem(path: Path) -> str | None:
+    """Why `path` cannot be an input file, or None. Path.exists() reads a symlink loop as
+    a missing file, and Path.resolve() raises RuntimeError on one: errno tells them apart."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop (a link that leads back to itself)"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "file not found"
+        return f"cannot read the file: {exc.strerror}"
+    except ValueError:  # a NUL byte in the name
+        return "is not a valid file name"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, expected a file"
+    return None
+
+
 def _read_any(path: Path, kind: str, id_column: str | None, text_column: str | None,
-              section_column: str | None) -> Iterator[Record | RecordError]:
-    if not path.exists():
-        yield RecordError(str(path), "file not found")
-        return
-    if path.is_dir():
-        yield RecordError(str(path), "is a directory, expected a file")
+              section_column: str | None, limits: Limits) -> Iterator[Record | RecordError]:
+    problem = path_problem(path)
+    if problem:
+        yield RecordError(str(path), problem)
         return
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".ndjson", ".json", ".csv", ".txt", ".md", ""):
         yield RecordError(str(path), f"unsupported input type '{suffix}' (use .txt, .jsonl or .csv)")
         return
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, limits.file)
+    except InputTooLarge:
+        yield RecordError(str(path), limits.file_problem())
+        return
     except OSError as exc:
         yield RecordError(str(path), f"cannot read the file: {exc.strerror}")
         return
@@ -130,31 +153,36 @@ def _read_any(path: Path, kind: str, id_column: str | None, text_column: str | N
     data = data.removeprefix(codecs.BOM_UTF8)
     text_keys = TEXT_KEYS if kind == "summarize" else ("question",)
     if suffix in (".jsonl", ".ndjson"):
-        yield from _read_jsonl(path, data, text_keys)
+        yield from _read_jsonl(path, data, text_keys, limits)
     elif suffix == ".json":
-        yield from _read_json(path, data, text_keys)
+        yield from _read_json(path, data, text_keys, limits)
     elif suffix == ".csv":
-        yield from _read_csv(path, data, id_column, text_column, section_column, text_keys)
+        yield from _read_csv(path, data, id_column, text_column, section_column, text_keys, limits)
     elif kind == "ask":
-        yield from _read_lines(path, data)
+        yield from _read_lines(path, data, limits)
     else:
-        yield from _read_txt(path, data)
+        yield from _read_txt(path, data, limits)
 
 
-def _read_txt(path: Path, data: bytes) -> Iterator[Record | RecordError]:
+def _read_txt(path: Path, data: bytes, limits: Limits) -> Iterator[Record | RecordError]:
     text = _unix_lines(_decode(data))
     if _bad_utf8(text):
         line = text[: next(i for i, ch in enumerate(text) if "\udc80" <= ch <= "\udcff")].count("\n") + 1
         yield RecordError(f"{path}:{line}", "not valid UTF-8")
     elif not text.strip():
         yield RecordError(str(path), "empty transcript")
+    elif limits.record_problem(len(data)):
+        yield RecordError(str(path), limits.record_problem(len(data)))
     else:
         yield Record(id=path.stem, text=text.strip(), source=str(path))
 
 
-def _read_lines(path: Path, data: bytes) -> Iterator[Record | RecordError]:
+def _read_lines(path: Path, data: bytes, limits: Limits) -> Iterator[Record | RecordError]:
     """Plain-text questions, one per line; the id is the line number."""
     for n, raw in enumerate(data.splitlines(), 1):
+        if limits.record_problem(len(raw)):
+            yield RecordError(f"{path}:{n}", limits.record_problem(len(raw)))
+            continue
         line = _decode(raw)
         if _bad_utf8(line):
             yield RecordError(f"{path}:{n}", "not valid UTF-8")
@@ -162,9 +190,32 @@ def _read_lines(path: Path, data: bytes) -> Iterator[Record | RecordError]:
             yield Record(id=str(n), text=line.strip(), source=f"{path}:{n}")
 
 
-def _read_jsonl(path: Path, data: bytes, text_keys: tuple[str, ...]) -> Iterator[Record | RecordError]:
+def _parse_json(text: str):
+    """json.loads, with the ways it fails on hostile input other than JSONDecodeError made
+    one (a RecursionError for deep nesting, a ValueError for an integer of over 4300 digits)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", "", 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # Python refuses to read an integer too long to be sensible
+        raise json.JSONDecodeError(str(exc).split(";")[0], "", 0) from None
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    if exc.doc:
+        return f"malformed JSON ({exc.msg} at column {exc.colno})"
+    return f"malformed JSON ({exc.msg})"
+
+
+def _read_jsonl(path: Path, data: bytes, text_keys: tuple[str, ...], limits: Limits
+                ) -> Iterator[Record | RecordError]:
     for n, raw in enumerate(data.splitlines(), 1):
         where = f"{path}:{n}"
+        if limits.record_problem(len(raw)):  # before parsing: a huge line costs memory and time
+            yield RecordError(where, limits.record_problem(len(raw)))
+            continue
         line = _decode(raw)
         if not line.strip():
             continue
@@ -172,14 +223,15 @@ def _read_jsonl(path: Path, data: bytes, text_keys: tuple[str, ...]) -> Iterator
             yield RecordError(where, "not valid UTF-8")
             continue
         try:
-            obj = json.loads(line)
+            obj = _parse_json(line)
         except json.JSONDecodeError as exc:
-            yield RecordError(where, f"malformed JSON ({exc.msg} at column {exc.colno})")
+            yield RecordError(where, _json_problem(exc))
             continue
-        yield _record(obj, where, text_keys)
+        yield _record(obj, where, text_keys, limits)
 
 
-def _read_json(path: Path, data: bytes, text_keys: tuple[str, ...]) -> Iterator[Record | RecordError]:
+def _read_json(path: Path, data: bytes, text_keys: tuple[str, ...], limits: Limits
+               ) -> Iterator[Record | RecordError]:
     """A .json file holds one array of objects (or one object); JSON Lines are read too."""
     text = _decode(data)
     if _bad_utf8(text):
@@ -187,27 +239,30 @@ def _read_json(path: Path, data: bytes, text_keys: tuple[str, ...]) -> Iterator[
         yield RecordError(f"{path}:{line}", "not valid UTF-8")
         return
     try:
-        doc = json.loads(text)
+        doc = _parse_json(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several JSON values: JSON Lines with a .json name
-            yield from _read_jsonl(path, data, text_keys)
+            yield from _read_jsonl(path, data, text_keys, limits)
         else:
-            yield RecordError(f"{path}:{exc.lineno}", f"malformed JSON ({exc.msg} at column {exc.colno})")
+            yield RecordError(f"{path}:{exc.lineno}" if exc.doc else str(path), _json_problem(exc))
         return
     if isinstance(doc, dict):
-        yield _record(doc, str(path), text_keys)
+        yield _record(doc, str(path), text_keys, limits)
     elif isinstance(doc, list):
         for i, obj in enumerate(doc):
-            yield _record(obj, f"{path}: item {i}", text_keys)
+            yield _record(obj, f"{path}: item {i}", text_keys, limits)
     else:
         yield RecordError(str(path), "expected a JSON array of objects, or JSON Lines")
 
 
-def _record(obj, where: str, text_keys: tuple[str, ...]) -> Record | RecordError:
+def _record(obj, where: str, text_keys: tuple[str, ...], limits: Limits) -> Record | RecordError:
     if not isinstance(obj, dict):
         return RecordError(where, "expected a JSON object")
     if "id" not in obj or obj["id"] in (None, ""):
         return RecordError(where, "missing field 'id'")
+    if isinstance(obj["id"], bool) or not isinstance(obj["id"], (str, int)):
+        # str() would store Python's spelling of it: "{'a': 1}", "True"
+        return RecordError(where, f"field 'id' must be a string or a whole number, not {_json_type(obj['id'])}")
     key = next((k for k in text_keys if k in obj), None)
     if key is None:
         also = f" (or {', '.join(repr(k) for k in text_keys[1:])})" if len(text_keys) > 1 else ""
@@ -217,11 +272,17 @@ def _record(obj, where: str, text_keys: tuple[str, ...]) -> Record | RecordError
         return RecordError(where, f"field '{key}' must be a string")
     if not value.strip():
         return RecordError(where, f"empty '{key}'")
+    if limits.record_problem(text_size(value)):
+        return RecordError(where, limits.record_problem(text_size(value)))
     section = next((obj[k] for k in SECTION_KEYS if isinstance(obj.get(k), str) and obj[k].strip()), None)
     for name, field in (("id", str(obj["id"])), (key, value), ("section", section or "")):
         if _surrogate(field):  # its line was valid UTF-8, so this came from a \u escape
             return RecordError(where, f"field '{name}' holds half of a character (an unpaired \\u escape)")
     return Record(id=str(obj["id"]), text=value.strip(), source=where, section=section)
+
+
+def _json_type(value) -> str:
+    return {bool: "true or false", dict: "an object", list: "a list", float: "a fraction"}.get(type(value), "null")
 
 
 def _pick(columns: list[str], wanted: str | None, defaults: tuple[str, ...]) -> str | None:
@@ -232,7 +293,8 @@ def _pick(columns: list[str], wanted: str | None, defaults: tuple[str, ...]) -> 
 
 
 def _read_csv(path: Path, data: bytes, id_column: str | None, text_column: str | None,
-              section_column: str | None, text_keys: tuple[str, ...]) -> Iterator[Record | RecordError]:
+              section_column: str | None, text_keys: tuple[str, ...], limits: Limits
+              ) -> Iterator[Record | RecordError]:
     text = _decode(data)
     # strict: a quote left open is an error, not every later row pasted into one field.
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -286,6 +348,9 @@ def _read_csv(path: Path, data: bytes, id_column: str | None, text_column: str |
         if not body.strip():
             yield RecordError(where, f"empty '{text_col}'")
             continue
+        if limits.record_problem(text_size(body)):
+            yield RecordError(where, limits.record_problem(text_size(body)))
+            continue
         yield Record(id=rid, text=_unix_lines(body).strip(), source=where,
                      section=row[idx[sec_col]].strip() or None if sec_col else None)
 
@@ -294,6 +359,46 @@ def _read_csv(path: Path, data: bytes, id_column: str | None, text_column: str |
 
 def sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".run.json")
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def input_written_over(output: Path, inputs: Iterable[Path]) -> Path | None:
+    """The input that writing `output` (or its run record or lock beside it) would
+    overwrite, or None. Files are compared by device and inode, so a hard link or a
+    symlink to an input is found whatever its name."""
+    ours = {fid for p in (output, sidecar(output), output.with_name(output.name + ".lock"))
+            if (fid := _file_id(p)) is not None}
+    return next((p for p in inputs if _file_id(p) in ours), None)
+
+
+def output_path_problem(path: Path) -> str | None:
+    """Why `path` cannot be written as an output, said plainly where mkdir and open would
+    say only "File exists" or raise on a symlink loop; None when it may be tried."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop (a link that leads back to itself)"
+    except ValueError:
+        return "is not a valid file name"
+    for folder in path.parents:
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"{folder} is a symlink loop"
+            continue  # not there yet (it is made), or under a file: a folder above says which
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{folder} is a file, not a folder"
+        return None
+    return None
 
 
 class OutputWriter:
@@ -316,6 +421,9 @@ class OutputWriter:
                               f"(use {', '.join(OUTPUT_SUFFIXES)})")
         if path.is_dir():
             raise OutputError(f"{path}: is a directory, expected a file")
+        problem = output_path_problem(path)
+        if problem:
+            raise OutputError(f"{path}: cannot write the output: {problem}")
         # id -> fingerprint of the input it was made from (None in outputs of earlier versions)
         self.done: dict[str, str | None] = {}
         self._keep: int | None = None  # bytes of complete records; the rest is a record cut off by a crash
@@ -435,10 +543,18 @@ class OutputWriter:
         self.done[str(record["id"])] = fingerprint
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self._lock.release()
+        """Close the output and release its lock, also when the last write failed (a full
+        disk): what could not be written is then named in an OutputError, and no lock
+        file stays behind."""
+        try:
+            if self._fh is not None:
+                fh, self._fh = self._fh, None
+                try:
+                    fh.close()
+                except OSError as exc:
+                    raise OutputError(f"{self.path}: cannot finish writing the output: {exc.strerror}") from exc
+        finally:
+            self._lock.release()
 
 
 def _markdown_body(record: dict) -> str:
@@ -511,4 +627,6 @@ def _difference(old: dict, new: dict) -> str:
 
 
 def run_identity(task: str, model: str, inputs: Iterable[Path], **options) -> dict:
-    return {"task": task, "model": model, "inputs": [str(p.resolve()) for p in inputs], **options}
+    # os.path.realpath, unlike Path.resolve, does not raise on a symlink loop (a bad input,
+    # already reported as one)
+    return {"task": task, "model": model, "inputs": [os.path.realpath(p) for p in inputs], **options}

@@ -16,11 +16,13 @@ from rich.markup import escape
 
 from . import models as model_registry
 from .backends import BACKENDS, BackendError, CancelToken, GenerationOptions, load_backend
-from .batch_io import OutputError, OutputWriter, Record, RecordError, read_records, run_identity
+from . import limits as input_limits
+from .batch_io import (OutputError, OutputWriter, Record, RecordError, input_written_over, read_records,
+                       run_identity)
 from .cli_logs import logs
 from .models import ModelError
 from .safety.triage import SafetyConfigError, default_config
-from .store import Store, StoreError, open_store
+from .store import LogNotWritable, Store, StoreError, open_store
 from .visit_notes import STYLES
 from .tasks import (ANSWER_MAX_TOKENS, SUMMARY_BEST_OF, SUMMARY_MAX_TOKENS, SUMMARY_REPEAT_PENALTY, TaskError, answer,
                     summarize, summary_drafts, summary_options)
@@ -55,6 +57,65 @@ def log_options(f):
     f = click.option("--db", type=click.Path(path_type=Path), envvar="ASSISTANT_DB", default=None,
                      help="Session log database (default: in the user data directory).")(f)
     return f
+
+
+class _Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return input_limits.parse_size(value)
+        except ValueError as e:
+            from_env = ctx is not None and param is not None and \
+                ctx.get_parameter_source(param.name) == click.core.ParameterSource.ENVIRONMENT
+            self.fail(f"{param.envvar}: {e}" if from_env else str(e), param, ctx)
+
+
+def _keep_limit(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        ctx.meta[f"limit.{param.name}"] = value
+
+
+def limit_options(f):
+    """The input-size limits, kept on the click context (no command needs them as arguments)."""
+    f = click.option(input_limits.FILE_OPTION, "max_input", type=_Size(), envvar=input_limits.FILE_ENV,
+                     expose_value=False, callback=_keep_limit,
+                     help=f"Largest input file read (default {input_limits.human(input_limits.DEFAULT_FILE)}; "
+                          "K, M or G).")(f)
+    f = click.option(input_limits.RECORD_OPTION, "max_record", type=_Size(), envvar=input_limits.RECORD_ENV,
+                     expose_value=False, callback=_keep_limit,
+                     help="Largest question or transcript "
+                          f"(default {input_limits.human(input_limits.DEFAULT_RECORD)}; K, M or G).")(f)
+    return f
+
+
+def _limits() -> input_limits.Limits:
+    meta = click.get_current_context().meta
+    return input_limits.Limits(record=meta.get("limit.max_record", input_limits.DEFAULT_RECORD),
+                               file=meta.get("limit.max_input", input_limits.DEFAULT_FILE))
+
+
+def _text_arg_problem(text: str) -> str | None:
+    """Bytes that were not UTF-8 on the command line arrive as lone surrogates, which
+    neither the log nor the tokenizer can take: named here, before anything runs."""
+    bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+    return None if bad is None else f"is not UTF-8 text (character {bad + 1} is an undecodable byte)"
+
+
+def _read_stdin(limit: int) -> str:
+    try:
+        data = input_limits.read_stream(sys.stdin.buffer, limit, "stdin")
+    except input_limits.InputTooLarge:
+        fail(f"the question on stdin is over the limit of {input_limits.human(limit)} per record "
+             f"(raise it with {input_limits.RECORD_OPTION} or {input_limits.RECORD_ENV})")
+    except OSError as e:
+        fail(f"cannot read stdin: {e.strerror}")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        fail(f"the question on stdin is not UTF-8 text (byte {e.start + 1})")
 
 
 def fail(message: str) -> None:
@@ -106,8 +167,40 @@ def open_log(db: Path | None, no_log: bool) -> Store | None:
     """The session log for this run, or None when logging is off (flag or `assistant logs off`)."""
     if no_log:
         return None
-    with user_errors():
+    try:
         return open_store(db)
+    except LogNotWritable as e:
+        # Answering matters more than logging: a log in a read-only folder is said, not fatal.
+        err.print(f"[yellow]warning:[/] {escape(str(e))}; this run is not logged")
+        return None
+    except StoreError as e:
+        fail(str(e))
+
+
+class _ReplyLog:
+    """A reply's row in the log while it streams. A write that fails (a full disk) is said
+    once and logging stops; the answer goes on."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def _do(self, method, *args, **kwargs) -> None:
+        if self.writer is None:
+            return
+        try:
+            getattr(self.writer, method)(*args, **kwargs)
+        except StoreError as e:
+            self.writer = None
+            err.print(f"\n[yellow]warning:[/] the log stopped: {escape(str(e))}")
+
+    def append(self, piece: str) -> None:
+        self._do("append", piece)
+
+    def finish(self, stats, status, meta) -> None:
+        self._do("finish", stats, status=status, meta=meta)
+
+    def fail(self, error: str) -> None:
+        self._do("fail", error)
 
 
 def logged_answer(store: Store | None, session_id: str | None, be, question: str, history, opts,
@@ -120,23 +213,24 @@ def logged_answer(store: Store | None, session_id: str | None, be, question: str
     if store is None:
         with sigint_cancels(token), answer_errors():
             return answer(be, question, history, opts, on_text=_echo, cancel=token)
-    with user_errors():
+    log = _ReplyLog(None)
+    try:
         store.add_message(session_id, "user", question)
-        writer = store.start_reply(session_id, be.model_name, opts.to_dict())
+        log.writer = store.start_reply(session_id, be.model_name, opts.to_dict())
+    except StoreError as e:
+        err.print(f"[yellow]warning:[/] the log stopped: {escape(str(e))}")
 
     def on_text(piece: str) -> None:
         _echo(piece)
-        writer.append(piece)
+        log.append(piece)
 
     try:
         with sigint_cancels(token), answer_errors():
             result = answer(be, question, history, opts, on_text=on_text, cancel=token)
     except (SystemExit, TaskError, BackendError) as exc:
-        writer.fail(str(exc) if isinstance(exc, (TaskError, BackendError)) else "generation failed")
+        log.fail(str(exc) if isinstance(exc, (TaskError, BackendError)) else "generation failed")
         raise
-    with user_errors():
-        stats = result.stats.to_dict()
-        writer.finish(stats, status="cancelled" if result.cancelled else "complete", meta=result.meta)
+    log.finish(result.stats.to_dict(), status="cancelled" if result.cancelled else "complete", meta=result.meta)
     return result
 
 
@@ -236,10 +330,12 @@ def _print_stats(stats) -> None:
 @model_options
 @generation_options(ANSWER_MAX_TOKENS)
 @log_options
+@limit_options
 def ask(question, input_path, output_path, id_column, text_column, overwrite, model, adapter, backend,
         max_tokens, temperature, seed, no_log, db):
     """Answer a health question, streaming the answer; or a batch with --input/--output."""
     opts = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    limits = _limits()
     check_safety_config()
     if input_path is not None:
         if question:
@@ -256,15 +352,22 @@ def ask(question, input_path, output_path, id_column, text_column, overwrite, mo
     if not question:
         if sys.stdin.isatty():
             fail("no question given (assistant ask \"QUESTION\", or pipe one on stdin)")
-        question = sys.stdin.read()
+        question = _read_stdin(limits.record)
+    if _text_arg_problem(question):
+        fail(f"the question {_text_arg_problem(question)}")
+    if limits.record_problem(input_limits.text_size(question)):
+        fail(limits.record_problem(input_limits.text_size(question)))
     if not question.strip():
         fail("the question is empty")
     store = open_log(db, no_log)
     be = open_backend(model, adapter, backend)
     session_id = None
     if store is not None:
-        with user_errors():
+        try:
             session_id = store.new_session("chat", be.model_name, title=_title(question))
+        except StoreError as e:
+            err.print(f"[yellow]warning:[/] {escape(str(e))}; this question is not logged")
+            store = None
     result = logged_answer(store, session_id, be, question, (), opts, CancelToken())
     _print_sources(result)
     click.echo()
@@ -296,18 +399,21 @@ def ask(question, input_path, output_path, id_column, text_column, overwrite, mo
               help="Layout of a whole-visit note (no section): soap (the default; headed sections as in "
                    "ACI-Bench's notes) or gp (terse, one line a section).")
 @log_options
+@limit_options
 def summarize_cmd(inputs, output_path, section, id_column, text_column, section_column, overwrite,
                   model, adapter, backend, max_tokens, temperature, seed, repeat_penalty, best_of, style, no_log, db):
     """Summarize transcripts (.txt files, JSONL or CSV) into clinical-note sections."""
     if not inputs:
         fail("no input files given")
+    if section and _text_arg_problem(section):
+        fail(f"--section {_text_arg_problem(section)}")
     opts = summary_options(max_tokens=max_tokens, temperature=temperature, seed=seed,
                            repeat_penalty=repeat_penalty)
     columns = dict(id_column=id_column, text_column=text_column, section_column=section_column)
     if output_path is None:
         if overwrite:
             fail("--overwrite replaces a batch output: give one with --output")
-        records = [r for p in inputs for r in read_records(p, "summarize", **columns)]
+        records = [r for p in inputs for r in read_records(p, "summarize", **columns, limits=_limits())]
         errors = [r for r in records if isinstance(r, RecordError)]
         good = [r for r in records if isinstance(r, Record)]
         if errors:
@@ -354,8 +460,9 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
                section=None, store: Store | None = None, best_of: int | None = 1, style: str | None = None) -> int:
     records: list[Record] = []
     errors: list[RecordError] = []
+    limits = _limits()
     for path in inputs:
-        for r in read_records(path, task, **columns):
+        for r in read_records(path, task, **columns, limits=limits):
             (errors if isinstance(r, RecordError) else records).append(r)
     unique: dict[str, Record] = {}
     for r in records:
@@ -364,8 +471,10 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
         else:
             unique[r.id] = r
     records = list(unique.values())
-    if any(output_path.resolve() == p.resolve() for p in inputs):
-        fail(f"{output_path} is also an input; write the results to another file")
+    clash = input_written_over(output_path, inputs)
+    if clash is not None:
+        same = "" if str(clash) == str(output_path) else f" (the same file as {clash})"
+        fail(f"{output_path} is also an input{same}; write the results to another file")
     if not records:
         _report_errors(errors)
         return 1
@@ -379,6 +488,9 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
                             **({"style": style} if style else {}))
     with user_errors():
         writer = OutputWriter(output_path, identity, overwrite=overwrite)
+    # A write that failed (a full disk for the output or the log) ends the run as an error,
+    # not as a cancel; it is named after the output is closed and its lock released.
+    failure: str | None = None
     try:
         changed = writer.changed(records)
         if changed:
@@ -403,18 +515,29 @@ def _run_batch(task, inputs, output_path, overwrite, model, adapter, backend, op
                 _process(task, todo, be, writer, store, run, opts, section, best_of, token, errors, style)
                 status = ("complete" if len(writer.done) - already == len(todo) and not errors
                           else "cancelled" if token.cancelled else "partial")
+            except (OutputError, StoreError) as exc:
+                failure, status = str(exc), "error"
             finally:
                 be.close()
                 done = len(writer.done) - already
                 if run is not None:
-                    with user_errors():
+                    try:
                         store.finish_batch(run[1], {"done": done, "skipped": skipped, "failed": len(errors),
                                                     "remaining": len(todo) - done}, status)
+                    except StoreError as exc:
+                        failure = failure or str(exc)
     finally:
-        writer.close()  # also releases the output's lock
+        try:
+            writer.close()  # also releases the output's lock
+        except OutputError as exc:
+            failure = failure or str(exc)
     remaining = len(todo) - done
     err.print(f"{done} written to {escape(str(output_path))}" + (f", {skipped} already there" if skipped else "")
               + (f", {remaining} left (run again to resume)" if remaining and not errors else ""))
+    if failure:
+        if errors:
+            _report_errors(errors)
+        fail(failure)
     if errors:
         _report_errors(errors)
         return 1
@@ -444,10 +567,9 @@ def _process(task, todo, be, writer, store, run, opts, section, best_of, token, 
             except (TaskError, BackendError) as exc:
                 errors.append(RecordError(r.source, str(exc)))
                 if run is not None:
-                    with user_errors():
-                        # a long visit's finished part summaries stay in the log with the error
-                        store.add_batch_item(run[0], r.text, getattr(exc, "partial", ""), model=be.model_name,
-                                             status="error", meta={"id": r.id, "error": str(exc)})
+                    # a long visit's finished part summaries stay in the log with the error
+                    store.add_batch_item(run[0], r.text, getattr(exc, "partial", ""), model=be.model_name,
+                                         status="error", meta={"id": r.id, "error": str(exc)})
                 progress.advance(bar)
                 continue
             if result.cancelled:
@@ -455,13 +577,11 @@ def _process(task, todo, be, writer, store, run, opts, section, best_of, token, 
             out.update(model=result.model, prompt_tokens=result.stats.prompt_tokens,
                        completion_tokens=result.stats.completion_tokens,
                        seconds=round(result.stats.total_s, 3))
-            with user_errors():
-                writer.write(out, r)
+            writer.write(out, r)  # an OutputError (a full disk) ends the run: the caller says so
             if run is not None:
-                with user_errors():
-                    store.add_batch_item(run[0], r.text, result.text, model=result.model,
-                                         options=opts.to_dict(), stats=result.stats.to_dict(),
-                                         meta={"id": r.id, "section": r.section or section, **result.meta})
+                store.add_batch_item(run[0], r.text, result.text, model=result.model,
+                                     options=opts.to_dict(), stats=result.stats.to_dict(),
+                                     meta={"id": r.id, "section": r.section or section, **result.meta})
             progress.advance(bar)
 
 

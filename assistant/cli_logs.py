@@ -5,6 +5,9 @@ Register on the main group with ``cli.add_command(logs)``. Every command takes
 """
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,10 +18,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from assistant import limits as input_limits
 from assistant import store as store_mod
 from assistant.store import Store, StoreError
+from assistant.visible import visible, visible_line
 
 _MARK = ("\x02", "\x03")  # snippet highlight markers that cannot occur in typed text
+# Below this width rich cuts ids (26 characters) short of uniqueness, and at 0 prints blank
+# lines: a narrower terminal gets lines that wrap instead.
+MIN_WIDTH = 60
 
 
 class _LogsGroup(click.Group):
@@ -69,6 +77,12 @@ def _open(db_path: Path | None, create: bool = False, reading: bool = False) -> 
     reads (`reading`) also reads a log it may not write."""
     path = store_mod.resolve_db_path(db_path)
     if not create and not path.exists():
+        if path.is_symlink():
+            try:
+                os.stat(path)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise StoreError(f"{path}: is a symlink loop (a link that leads back to itself)") from None
         raise StoreError(f"{path}: no log database here (nothing logged yet, or a mistyped --db)")
     return Store(db_path, read_only_ok=reading)
 
@@ -79,9 +93,12 @@ def _when(iso: str | None) -> str:
     return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-def _console() -> Console:
+def _console(min_width: int = MIN_WIDTH) -> Console:
     # Created per call so output follows click's (possibly redirected) stdout.
-    return Console(highlight=False, soft_wrap=False)
+    console = Console(highlight=False, soft_wrap=False)
+    if console.width < min_width:
+        console = Console(highlight=False, soft_wrap=False, width=min_width)
+    return console
 
 
 @click.group(cls=_LogsGroup)
@@ -97,7 +114,7 @@ def logs():
 def list_cmd(db_path, limit, mode, archived):
     """List recent sessions."""
     path = store_mod.resolve_db_path(db_path)
-    if not path.exists():  # nothing to list, and listing must not create it
+    if not path.exists() and not path.is_symlink():  # nothing to list, and listing must not create it
         click.echo(f"No sessions logged yet (no database at {path}).")
         return
     with _open(db_path, reading=True) as st:
@@ -105,31 +122,32 @@ def list_cmd(db_path, limit, mode, archived):
     if not rows:
         click.echo("No sessions logged yet.")
         return
-    console = _console()
     # Widths set here, not left to rich: squeezed, it drops whole columns (the message count
     # went first on an 80-column terminal). The id, date, mode and count keep their width;
     # the model name, then the title, give way.
+    id_w = max(26, *(len(visible_line(r["id"])) for r in rows))  # an imported id may be longer
     mode_w = max(4, *(len(r["mode"]) for r in rows))
     msgs_w = max(4, *(len(str(r["message_count"])) for r in rows))
     model_w = min(24, max(5, *(len(r["model"] or "-") for r in rows)))
-    fixed = 26 + 16 + mode_w + msgs_w + 2 * 5  # five gaps of two spaces
+    fixed = id_w + 16 + mode_w + msgs_w + 2 * 5  # five gaps of two spaces
+    console = _console(fixed + 8 + 5)
     title_w = console.width - fixed - model_w
     if title_w < 16:
         model_w = max(8, model_w - (16 - title_w))
         title_w = max(5, console.width - fixed - model_w)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
-    table.add_column("id", no_wrap=True, width=26)
+    table.add_column("id", no_wrap=True, width=id_w)
     table.add_column("when", no_wrap=True, width=16)
     table.add_column("mode", no_wrap=True, width=mode_w)
     table.add_column("model", no_wrap=True, width=model_w, overflow="ellipsis")
     table.add_column("msgs", justify="right", no_wrap=True, width=msgs_w)
     table.add_column("title", no_wrap=True, width=title_w, overflow="ellipsis")
     for r in rows:
-        title = r["title"] or (r["preview"] or "").replace("\n", " ")
+        title = visible_line(r["title"] or r["preview"] or "")
         if r["archived"]:
             title = f"[archived] {title}"
-        table.add_row(r["id"], _when(r["updated"]), r["mode"], r["model"] or "-", str(r["message_count"]),
-                      Text(title, no_wrap=True, overflow="ellipsis"))
+        table.add_row(Text(visible_line(r["id"])), _when(r["updated"]), r["mode"], Text(visible_line(r["model"] or "-")),
+                      str(r["message_count"]), Text(title, no_wrap=True, overflow="ellipsis"))
     console.print(table)
 
 
@@ -141,25 +159,28 @@ def show(db_path, session_id):
     with _open(db_path, reading=True) as st:
         s = st.get_session(session_id)
     con = _console()
-    con.print(Text(s["title"] or "Untitled session", style="bold"))
-    con.print(Text(f"{s['id']} · {s['mode']} · {s['model'] or '-'} · {_when(s['created'])}", style="dim"))
+    # Every stored string goes through visible(): an imported export or a summarized
+    # transcript may hold escape sequences meant for the terminal.
+    con.print(Text(visible_line(s["title"] or "Untitled session"), style="bold"))
+    con.print(Text(visible_line(f"{s['id']} · {s['mode']} · {s['model'] or '-'} · {_when(s['created'])}"),
+                   style="dim"))
     for r in s["batch_runs"]:
-        con.print(Text(f"batch {r['task']}: {r['input_path']} -> {r['output_path'] or '-'} "
-                       f"({r['status']}, {r['counts']})", style="dim"))
+        con.print(Text(visible_line(f"batch {r['task']}: {r['input_path']} -> {r['output_path'] or '-'} "
+                                    f"({r['status']}, {r['counts']})"), style="dim"))
     notes = store_mod.message_notes(s["messages"])
     for m in s["messages"]:
-        head = Text(f"\n{m['role']}", style="bold cyan" if m["role"] == "user" else "bold green")
+        head = Text(f"\n{visible_line(m['role'])}", style="bold cyan" if m["role"] == "user" else "bold green")
         head.append(f" · {_when(m['created'])}", style="dim")
         if m["model"] and m["role"] == "assistant":
-            head.append(f" · {m['model']}", style="dim")
+            head.append(f" · {visible_line(m['model'])}", style="dim")
         if m["status"] != "complete":
             head.append(f" · {m['status']}", style="bold yellow" if m["status"] != "error" else "bold red")
         for note in notes.get(m["id"], []):
             head.append(f" · {note}", style="bold red" if note.startswith("triage") else "dim")
         con.print(head)
-        con.print(Text(m["content"] or "(empty)"))
+        con.print(Text(visible(m["content"] or "(empty)")))
         if m["meta"] and m["meta"].get("error"):
-            con.print(Text(f"error: {m['meta']['error']}", style="red"))
+            con.print(Text(f"error: {visible(str(m['meta']['error']))}", style="red"))
 
 
 @logs.command()
@@ -175,7 +196,7 @@ def search(db_path, query, limit):
         return
     con = _console()
     for h in hits:
-        line = Text(f"{h['session_id']}  {_when(h['created'])}  {h['role']}", style="dim")
+        line = Text(visible_line(f"{h['session_id']}  {_when(h['created'])}  {h['role']}"), style="dim")
         if h["status"] != "complete":
             line.append(f"  {h['status']}", style="yellow")
         con.print(line)
@@ -185,7 +206,7 @@ def search(db_path, query, limit):
 def _highlight(snippet: str) -> Text:
     text = Text("  ")
     for i, part in enumerate(snippet.replace(_MARK[1], _MARK[0]).split(_MARK[0])):
-        text.append(part.replace("\n", " "), style="bold reverse" if i % 2 else None)
+        text.append(visible_line(part), style="bold reverse" if i % 2 else None)
     return text
 
 
@@ -213,8 +234,12 @@ def export(db_path, session_ids, all_, fmt, output):
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def import_cmd(db_path, file):
     """Import a JSON export (sessions already present are skipped)."""
+    try:
+        max_bytes = input_limits.Limits.from_env().file
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     with _open(db_path, create=True) as st:
-        counts = st.import_json(file)
+        counts = st.import_json(file, max_bytes=max_bytes)
     click.echo(f"Imported {counts['sessions']} sessions ({counts['messages']} messages), skipped {counts['skipped']}.")
 
 
@@ -303,6 +328,23 @@ def backup(db_path, dest):
 
 @logs.command()
 @db_option
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+def recover(db_path, dest):
+    """Copy what can still be read of a damaged log into a new file DEST (the damaged log is
+    only read). Then use DEST with --db, or move it where the log belongs."""
+    source = store_mod.resolve_db_path(db_path)
+    counts = store_mod.recover(source, dest)
+    stand_ins = f" ({counts['stand_ins']} whose details were lost, titled as such)" if counts["stand_ins"] else ""
+    click.echo(f"Recovered {counts['sessions']} sessions{stand_ins}, {counts['messages']} messages and "
+               f"{counts['batch_runs']} batch runs into {dest}.")
+    if counts["lost_ranges"] or counts["invalid"]:
+        click.echo(f"{counts['lost_ranges']} unreadable stretch(es) of the file were skipped"
+                   + (f" and {counts['invalid']} damaged row(s) left out" if counts["invalid"] else "")
+                   + f"; {source} is left as it was.")
+
+
+@logs.command()
+@db_option
 def path(db_path):
     """Print the database path."""
     click.echo(str(store_mod.resolve_db_path(db_path)))
@@ -335,6 +377,11 @@ def status(db_path):
         with _open(db_path, reading=True) as st:
             info = st.summary()
         click.echo(f"Sessions: {info['sessions']}, messages: {info['messages']}, size: {info['size_bytes'] / 1024:.0f} KiB")
+        mode = stat.S_IMODE(p.stat().st_mode)
+        if mode & 0o077:
+            # A log made by an earlier version or copied in may be readable by others; its mode
+            # is the owner's choice (a shared kiosk group), so it is said, not changed.
+            click.echo(f"Permissions: {mode:04o}, readable by other users: `chmod 600 {p}` makes it private")
     else:
         click.echo("Sessions: 0 (no database yet)")
 

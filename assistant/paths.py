@@ -5,6 +5,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 APP = "health-assistant"
@@ -50,9 +51,12 @@ def file_key(path: Path) -> str:
 
 def write_private(path: Path, text: str) -> None:
     """Write `text` readable by the owner only (exports hold health conversations), also
-    when the file already existed with a wider mode."""
+    when the file already existed with a wider mode. A device or a pipe (`/dev/null`,
+    `-o >(gzip > x.gz)`) is written to as it is: its mode is not ours to change, and run as
+    root a chmod of /dev/null would lock every other user out of it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.fchmod(fd, 0o600)
     with open(fd, "w", encoding="utf-8") as f:
         f.write(text)
 

@@ -37,6 +37,7 @@ A message's ``status`` is one of complete / partial / cancelled / error.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -53,6 +54,7 @@ import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
 from . import paths
+from .limits import FILE_ENV, InputTooLarge, human, read_bounded
 
 DB_ENV = "ASSISTANT_DB"
 FLUSH_INTERVAL_S = 0.5
@@ -69,6 +71,22 @@ class StoreError(Exception):
 
 class SessionNotFound(StoreError):
     pass
+
+
+class LogNotWritable(StoreError):
+    """The log cannot be created or written where it is (a read-only folder or share)."""
+
+
+class LogDamaged(StoreError):
+    """The log's file is damaged: it is read as far as it can be, never written."""
+
+
+RECOVER_HINT = ("`assistant logs recover NEW.db` copies what can still be read into a new file, "
+                "leaving this one as it is")
+# How long opening a log for writing may spend checking it. PRAGMA quick_check reads every
+# page: milliseconds for a log of a few MB; a larger one is checked as far as the budget
+# goes, and a damaged page found later still stops writes at the first error it causes.
+INTEGRITY_BUDGET_S = 0.3
 
 
 # --- locations and the on/off switch --------------------------------------------------
@@ -156,18 +174,48 @@ def fts_query(text: str) -> str:
     return " ".join(f'"{word}"' for word in re.findall(r"\w+", text))
 
 
-def _explain(exc: sqlite3.Error) -> str:
+def _explain(exc: sqlite3.Error, path: Path | None = None) -> str:
     msg = str(exc)
     low = msg.lower()
-    if "not a database" in low or "malformed" in low:
+    if "malformed" in low:
+        return f"the log is damaged ({msg}); {RECOVER_HINT}"
+    if "not a database" in low:
         return f"not a valid SQLite database ({msg})"
-    if "full" in low:
+    if "full" in low or (path is not None and "disk i/o error" in low and _disk_full(path)):
         return f"the disk is full or the database reached its size limit ({msg})"
     if "readonly" in low or "read-only" in low or "unable to open" in low:
         return f"cannot write there: read-only location or no permission ({msg})"
     if "locked" in low or "busy" in low:
         return f"the database stayed locked by another process for too long ({msg})"
     return msg
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the folder holding `path` has no room left: SQLite reports a write that found
+    no room while it opens a file as a plain "disk I/O error"."""
+    try:
+        st = os.statvfs(path.parent)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
+def _storable(text: str | None) -> str | None:
+    """A file name or title as SQLite can store it: bytes of a name that are not UTF-8
+    (kept by Python as lone surrogates) shown as \\x escapes instead of failing the write."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if not _surrogate_pair_halves(text) else "replace"
+                           ).decode("utf-8", "backslashreplace")
+
+
+def _surrogate_pair_halves(text: str) -> bool:
+    # surrogateescape encodes only U+DC80-U+DCFF (one undecodable byte each)
+    return any("\ud800" <= ch <= "\udfff" and not "\udc80" <= ch <= "\udcff" for ch in text)
 
 
 def _read_header(path: Path) -> bytes:
@@ -223,6 +271,14 @@ def holds_sqlite(path: Path) -> bool:
         return path.is_file() and _read_header(path) == _SQLITE_HEADER
     except OSError:
         return False
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except (OSError, ValueError):
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _create_private(path: Path) -> None:
@@ -359,6 +415,22 @@ def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
     return done
 
 
+def _quick_check(conn: sqlite3.Connection, budget_s: float) -> str | None:
+    """What PRAGMA quick_check finds wrong (None: nothing, or not finished within `budget_s`)."""
+    deadline = time.monotonic() + budget_s
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+    try:
+        rows = conn.execute("PRAGMA quick_check(3)").fetchall()
+    except sqlite3.OperationalError as e:
+        if "interrupt" in str(e).lower():
+            return None
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
+    problems = [" ".join(str(r[0]).split()) for r in rows if r[0] != "ok"]
+    return "; ".join(problems)[:300] or None
+
+
 def _read_only_connection(path: Path) -> sqlite3.Connection:
     """A connection that never writes. A log in WAL mode needs its -shm file, which a
     read-only folder cannot hold; SQLite then opens it only as immutable, which is right
@@ -394,7 +466,8 @@ class Store:
         read-only share, a file of another user's) is opened read-only instead of refused."""
         self.path = resolve_db_path(path)
         self._lock = threading.RLock()
-        self._preflight()
+        self.damaged = False  # set by the first "malformed" error: no write is tried after it
+        self._preflight(check_integrity=not read_only_ok)
         self.read_only = read_only_ok and self.path.is_file() and not (
             os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK))
         self.db = self._connect_read_only() if self.read_only else self._connect()
@@ -407,9 +480,16 @@ class Store:
     def _fail(self, problem: str) -> StoreError:
         return StoreError(f"{self.path}: {problem}")
 
-    def _preflight(self) -> None:
-        """Refuse a bad file before anything is written to it, so it stays byte-for-byte intact."""
+    def _preflight(self, check_integrity: bool = True) -> None:
+        """Refuse a bad file before anything is written to it, so it stays byte-for-byte intact.
+        `check_integrity`: a log about to be written is checked for damage first (within
+        INTEGRITY_BUDGET_S): written into, a damaged log loses more, and silently."""
         p = self.path
+        try:
+            os.stat(p)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise self._fail("is a symlink loop (a link that leads back to itself)") from e
         if not p.exists():
             return
         if not p.is_file():
@@ -429,10 +509,15 @@ class Store:
                 existing = sqlite_utils.Database(conn, execute_plugins=False)
                 applied = applied_migrations(existing)
                 tables = set(existing.table_names())
+                damage = _quick_check(conn, INTEGRITY_BUDGET_S) if check_integrity else None
             finally:
                 conn.close()
         except sqlite3.Error as e:
-            raise self._fail(_explain(e)) from e
+            if "malformed" in str(e).lower():
+                raise LogDamaged(f"{p}: {_explain(e)}") from e
+            raise self._fail(_explain(e, p)) from e
+        if damage:
+            raise LogDamaged(f"{p}: the log is damaged ({damage}), so nothing was written to it; {RECOVER_HINT}")
         if not applied and tables:
             raise self._fail(
                 f"is another program's SQLite database (tables: {', '.join(sorted(tables)[:5])}); "
@@ -456,7 +541,11 @@ class Store:
         except FileExistsError:
             pass  # another process created it between our check and open
         except OSError as e:
-            raise self._fail(f"cannot create the database: {e.strerror} (read-only location?)") from e
+            if e.errno == errno.ENOSPC:
+                raise self._fail("cannot create the database: the disk is full") from e
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise LogNotWritable(f"{p}: cannot create the log: {e.strerror} (read-only location?)") from e
+            raise self._fail(f"cannot create the database: {e.strerror}") from e
         conn = None
         try:
             conn = sqlite3.connect(p, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
@@ -466,7 +555,7 @@ class Store:
             # Deleted text is overwritten, not just unlinked: these are health conversations.
             db.execute("PRAGMA secure_delete = ON")
             if not _enable_wal(conn):
-                raise self._fail("cannot switch the database to WAL mode (read-only location?)")
+                raise LogNotWritable(f"{p}: cannot switch the database to WAL mode (read-only location?)")
             # In WAL mode NORMAL never corrupts; a power cut may drop the last commits.
             db.execute("PRAGMA synchronous = NORMAL")
             known = [fn.__name__ for fn in MIGRATIONS]
@@ -478,7 +567,12 @@ class Store:
                 conn.close()
             if isinstance(e, StoreError):
                 raise
-            raise self._fail(_explain(e)) from e
+            low = str(e).lower()
+            if "readonly" in low or "read-only" in low or "unable to open" in low:
+                raise LogNotWritable(f"{p}: {_explain(e)}") from e
+            if "malformed" in low:
+                raise LogDamaged(f"{p}: {_explain(e)}") from e
+            raise self._fail(_explain(e, p)) from e
 
     def _connect_read_only(self) -> sqlite_utils.Database:
         """Reads without writing a byte: no WAL switch, no migration."""
@@ -507,17 +601,35 @@ class Store:
 
     @contextlib.contextmanager
     def _guard(self, doing: str) -> Iterator[None]:
-        """Serialize threads and turn any database error into a StoreError naming the file."""
+        """Serialize threads and turn any database error into a StoreError naming the file.
+        The first sign of damage marks the log damaged, so nothing more is written to it."""
         with self._lock:
             try:
                 yield
             except sqlite3.Error as e:
-                raise self._fail(f"{doing} failed: {_explain(e)}") from e
+                if "malformed" in str(e).lower():
+                    self.damaged = True
+                    raise LogDamaged(f"{self.path}: {doing} failed: {_explain(e)}") from e
+                raise self._fail(f"{doing} failed: {_explain(e, self.path)}") from e
+            except UnicodeEncodeError as e:  # a lone surrogate: half a character, no UTF-8 for it
+                raise self._fail(f"{doing} failed: the text holds a character that is not valid "
+                                 f"UTF-8 (position {e.start + 1})") from e
+            except RecursionError as e:
+                raise self._fail(f"{doing} failed: a value is nested too deeply to store") from e
+
+    @contextlib.contextmanager
+    def _writing(self, doing: str) -> Iterator[None]:
+        """`_guard` for a write: a log found damaged is not written to."""
+        if self.damaged:
+            raise LogDamaged(f"{self.path}: {doing}: the log is damaged, so nothing more is written to it; "
+                             f"{RECOVER_HINT}")
+        with self._guard(doing):
+            yield
 
     @contextlib.contextmanager
     def _write(self, doing: str) -> Iterator[None]:
         """One atomic write. IMMEDIATE takes the lock up front so busy_timeout applies."""
-        with self._guard(doing):
+        with self._writing(doing):
             if self.db.conn.in_transaction:  # nested: part of the caller's transaction
                 yield
                 return
@@ -550,9 +662,10 @@ class Store:
     def new_session(self, mode: str, model: str | None, title: str | None = None) -> str:
         sid = new_id()
         now = now_iso()
-        with self._guard("creating a session"):
+        with self._writing("creating a session"):
             self._sessions.insert(
-                {"id": sid, "title": title, "mode": mode, "model": model, "created": now, "updated": now, "archived": 0}
+                {"id": sid, "title": _storable(title), "mode": mode, "model": model, "created": now, "updated": now,
+                 "archived": 0}
             )
         return sid
 
@@ -612,7 +725,7 @@ class Store:
         return ReplyWriter(self, session_id, mid)
 
     def _update_message(self, message_id: int, **values: Any) -> None:
-        with self._guard("saving the reply"):
+        with self._writing("saving the reply"):
             try:
                 self._messages.update(message_id, values)
             except NotFoundError:
@@ -626,8 +739,8 @@ class Store:
                 {
                     "session_id": sid,
                     "task": task,
-                    "input_path": str(input_path),
-                    "output_path": None if output_path is None else str(output_path),
+                    "input_path": _storable(str(input_path)),
+                    "output_path": None if output_path is None else _storable(str(output_path)),
                     "model": model,
                     "counts": _dumps({}),
                     "started": now_iso(),
@@ -637,7 +750,7 @@ class Store:
         return sid, run_id
 
     def finish_batch(self, run_id: int, counts: dict, status: str = "complete") -> None:
-        with self._guard("finishing a batch run"):
+        with self._writing("finishing a batch run"):
             self._runs.update(run_id, {"counts": _dumps(counts), "finished": now_iso(), "status": status})
 
     # -- read side
@@ -724,11 +837,11 @@ class Store:
         return {"sessions": row[0], "messages": row[1], "size_bytes": size}
 
     def rename_session(self, session_id: str, title: str) -> None:
-        with self._guard("renaming a session"):
+        with self._writing("renaming a session"):
             self._sessions.update(self._resolve(session_id), {"title": title})
 
     def archive_session(self, session_id: str, archived: bool = True) -> None:
-        with self._guard("archiving a session"):
+        with self._writing("archiving a session"):
             self._sessions.update(self._resolve(session_id), {"archived": int(archived)})
 
     # -- deleting
@@ -768,7 +881,7 @@ class Store:
 
     def vacuum(self) -> None:
         """Reclaim space and rewrite the file, so deleted text is gone from disk too."""
-        with self._guard("vacuuming"):
+        with self._writing("vacuuming"):
             self._checkpoint()
             self.db.vacuum()
             self._checkpoint()
@@ -797,14 +910,21 @@ class Store:
             return "\n\n".join(_session_markdown(s) for s in sessions) + "\n"
         raise ValueError(f"unknown export format {fmt!r} (markdown or json)")
 
-    def import_json(self, source: str | os.PathLike | dict) -> dict:
-        """Import a JSON export. Sessions already present (same id) are skipped; message ids are renumbered."""
+    def import_json(self, source: str | os.PathLike | dict, max_bytes: int | None = None) -> dict:
+        """Import a JSON export. Sessions already present (same id) are skipped; message ids are
+        renumbered. `max_bytes`: a larger file is refused unread."""
         if isinstance(source, dict):
             doc = source
         else:
             try:
-                doc = json.loads(Path(source).read_text(encoding="utf-8"))
-            except (OSError, ValueError, RecursionError) as e:
+                data = read_bounded(Path(source), max_bytes) if max_bytes else Path(source).read_bytes()
+                doc = json.loads(data.decode("utf-8"))
+            except InputTooLarge as e:
+                raise StoreError(f"{source}: the export is over the limit of {human(max_bytes)} per input file, "
+                                 f"so it was not read (raise it with {FILE_ENV})") from e
+            except RecursionError as e:
+                raise StoreError(f"{source}: cannot read the export: it is nested too deeply") from e
+            except (OSError, ValueError) as e:
                 why = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
                 raise StoreError(f"{source}: cannot read the export: {why}"[:500]) from e
         name = source if not isinstance(source, dict) else "import"
@@ -841,11 +961,37 @@ class Store:
             raise StoreError(f"{name}: malformed export ({e!r})") from e
         return counts
 
+    def _load_recovered(self, found: dict[str, list[dict]]) -> dict:
+        """Write rows read from a damaged log (see `recover`) into this new one."""
+        sessions = {r["id"]: r for r in found["sessions"]}
+        for r in found["messages"] + found["batch_runs"]:
+            if r["session_id"] not in sessions:
+                when = r.get("created") or r.get("started")
+                sessions[r["session_id"]] = {"id": r["session_id"], "title": "(recovered: session details lost)",
+                                             "mode": "batch" if "task" in r else "chat", "model": None,
+                                             "created": when, "updated": when, "archived": 0}
+        for r in found["messages"]:
+            for key in ("options", "meta"):
+                r[key] = r[key] if _json_or_none(r[key]) else None
+        for r in found["batch_runs"]:
+            r["counts"] = r["counts"] if _json_or_none(r["counts"]) else None
+        with self._write("recovering"):
+            self._sessions.insert_all(sessions.values(), ignore=True)
+            self._messages.insert_all(found["messages"], ignore=True)
+            self._runs.insert_all(found["batch_runs"], ignore=True)
+        return {"sessions": len(sessions), "stand_ins": len(sessions) - len(found["sessions"]),
+                "messages": len(found["messages"]), "batch_runs": len(found["batch_runs"])}
+
     def backup(self, dest: str | os.PathLike) -> Path:
         """A consistent copy while other processes keep writing (SQLite's online backup API)."""
         dest = Path(dest).expanduser()
-        if dest.exists() and dest.resolve() == self.path.resolve():
+        if _same_file(dest, self.path):  # by device and inode: a hard link is the log too
             raise StoreError(f"{dest}: the backup cannot overwrite the database itself")
+        if dest.exists() and not dest.is_file():
+            # a device (/dev/null), a pipe or a socket: SQLite cannot hold a database there, and
+            # its mode is not ours to change
+            raise StoreError(f"{dest}: is not a regular file (a device, a pipe or a socket); "
+                             "a backup is written to a file")
         base = _side_file_of(dest)
         if base is not None:
             raise StoreError(f"{dest}: is a side file of the database {base}; refusing to write a backup there")
@@ -871,6 +1017,140 @@ class Store:
             except sqlite3.Error as e:
                 raise StoreError(f"{dest}: backup failed: {_explain(e)}") from e
         return dest
+
+
+# --- recovery of a damaged log ----------------------------------------------------------
+
+_RECOVER_COLUMNS = {
+    "sessions": ("id", "title", "mode", "model", "created", "updated", "archived"),
+    "messages": ("id", "session_id", "role", "content", "created", "model", "options", "prompt_tokens",
+                 "completion_tokens", "ttft_s", "duration_s", "status", "meta"),
+    "batch_runs": ("id", "session_id", "task", "input_path", "output_path", "model", "counts", "started",
+                   "finished", "status"),
+}
+_SALVAGE_BATCH = 200
+
+
+def recover(source: str | os.PathLike, dest: str | os.PathLike) -> dict:
+    """Copy every row of a damaged log that can still be read into a new log at `dest`,
+    as SQLite's `.recover` does for the tables the log holds: the damaged file is opened
+    read-only (immutable when it has no write-ahead log to read) and never written.
+    Rows are read in rowid order; where a page cannot be read, the next readable rowid is
+    found by probing further ahead and narrowing back, so one bad page loses only its own
+    rows. A message whose session was lost gets a stand-in session, so it stays findable.
+    Returns counts: sessions (stand_ins among them), messages, batch_runs, lost_ranges
+    (unreadable stretches), invalid (rows read back in a shape no log holds, left out)."""
+    src, dest = Path(source).expanduser(), Path(dest).expanduser()
+    if not src.is_file():
+        raise StoreError(f"{src}: no log file here")
+    if _same_file(src, dest):
+        raise StoreError(f"{dest}: is the damaged log itself; recover into a new file")
+    if dest.exists() and (not dest.is_file() or dest.stat().st_size):
+        raise StoreError(f"{dest}: exists; recover into a new file (nothing is written over an existing one)")
+    try:
+        if _read_header(src) != _SQLITE_HEADER:
+            raise StoreError(f"{src}: is not a SQLite database, so there is nothing to recover")
+        conn = _damaged_connection(src)
+    except OSError as e:
+        raise StoreError(f"{src}: cannot read it: {e.strerror}") from e
+    except sqlite3.Error as e:
+        raise StoreError(f"{src}: cannot be opened at all ({e}); nothing could be recovered") from e
+    created = not dest.exists()
+    try:
+        found = {table: _salvage(conn, table, cols) for table, cols in _RECOVER_COLUMNS.items()}
+    finally:
+        conn.close()
+    if not any(rows for rows, _, _ in found.values()):
+        raise StoreError(f"{src}: no session, message or batch run could be read; nothing was recovered")
+    try:
+        with Store(dest) as out:
+            counts = out._load_recovered({t: rows for t, (rows, _, _) in found.items()})
+    except BaseException:
+        if created:
+            for side in ("", "-wal", "-shm", "-journal"):
+                dest.with_name(dest.name + side).unlink(missing_ok=True)
+        raise
+    counts["lost_ranges"] = sum(lost for _, lost, _ in found.values())
+    counts["invalid"] = sum(bad for _, _, bad in found.values())
+    return counts
+
+
+def _damaged_connection(path: Path) -> sqlite3.Connection:
+    wal = path.with_name(path.name + "-wal")
+    if wal.is_file() and wal.stat().st_size:
+        return _read_only_connection(path)  # the latest sessions are in the -wal file
+    conn = sqlite3.connect(path.resolve().as_uri() + "?immutable=1", uri=True)
+    conn.execute("select count(*) from sqlite_master").fetchone()
+    return conn
+
+
+def _salvage(conn: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> tuple[list[dict], int, int]:
+    """The readable rows of one table, the number of unreadable stretches skipped, and the
+    number of rows left out for holding values of the wrong kind."""
+    sql = f"select rowid, {', '.join(columns)} from {table} where rowid >= ? order by rowid limit ?"
+
+    def read(start: int, n: int) -> list | None:
+        try:
+            return conn.execute(sql, [start, n]).fetchall()
+        except sqlite3.DatabaseError:
+            return None
+
+    rows: list[dict] = []
+    lost = invalid = 0
+    start = -(2 ** 63)
+    while True:
+        batch = read(start, _SALVAGE_BATCH)
+        if batch is None:  # a bad page in this stretch: row by row up to it
+            batch = read(start, 1)
+        if batch is None:
+            lost += 1
+            start = _next_readable(read, start)
+            if start is None:
+                break
+            continue
+        if not batch:
+            break
+        for r in batch:
+            row = dict(zip(columns, r[1:]))
+            if _recovered_row_ok(table, row):
+                rows.append(row)
+            else:
+                invalid += 1
+        if batch[-1][0] >= 2 ** 63 - 1:
+            break
+        start = batch[-1][0] + 1
+    return rows, lost, invalid
+
+
+def _next_readable(read, bad: int) -> int | None:
+    """The smallest rowid above `bad` from which reading works: probe at growing distances,
+    then narrow back between the last failure and the first success."""
+    step = 1
+    while True:
+        probe = bad + step
+        if probe >= 2 ** 63:
+            return None
+        if read(probe, 1) is not None:
+            break
+        bad, step = probe, step * 2
+    good = probe
+    while good - bad > 1:
+        mid = (bad + good) // 2
+        if read(mid, 1) is not None:
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def _recovered_row_ok(table: str, row: dict) -> bool:
+    text = lambda *keys: all(isinstance(row[k], str) and row[k] for k in keys)  # noqa: E731
+    if table == "sessions":
+        return text("id", "created", "updated") and row["mode"] in MODES and _is_iso(row["created"])
+    if table == "messages":
+        return text("session_id", "role", "created") and isinstance(row["content"], str) \
+            and row["status"] in STATUSES and _is_iso(row["created"])
+    return text("session_id", "task", "started", "status") and _is_iso(row["started"])
 
 
 class ReplyWriter:
@@ -968,6 +1248,17 @@ def _run_out(row: dict) -> dict:
     return row | {"counts": _loads(row["counts"])}
 
 
+def _json_or_none(value) -> bool:
+    """Whether a stored JSON column reads back (a damaged page may hold any bytes)."""
+    if value is None:
+        return True
+    try:
+        json.loads(value)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
 def _is_iso(value) -> bool:
     try:
         _utc(value)  # as the import will store it: a date at the end of time cannot move to UTC
@@ -1017,6 +1308,8 @@ def _import_problem(s) -> str | None:
         return "not a JSON object"
     if not isinstance(s.get("id"), str) or not s["id"]:
         return "field 'id' must be a non-empty string"
+    if _text_problem(s["id"], "id"):
+        return _text_problem(s["id"], "id")
     where = f"(id {s['id']}) "
     if s.get("mode") not in MODES:
         return f"{where}field 'mode' must be one of {', '.join(MODES)}, not {s.get('mode')!r}"
@@ -1052,7 +1345,33 @@ def _message_problem(m: dict) -> str | None:
     problems += [_number_problem(m.get(k), k, integer=False) for k in _SECONDS]
     problems += [f"field '{k}' must be an object or null" for k in ("meta", "options")
                  if m.get(k) is not None and not isinstance(m[k], dict)]
+    problems += [_json_value_problem(m.get(k), k) for k in ("meta", "options")]
     return next((p for p in problems if p), None)
+
+
+_MAX_DEPTH = 64
+
+
+def _json_value_problem(value, key: str) -> str | None:
+    """What keeps a free JSON value (meta, options, counts) from being stored and read back:
+    half a character in a string or a key, or nesting deeper than any the assistant writes
+    (walked without recursion, so a deep value cannot overflow the stack here)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return f"field '{key}' is nested more than {_MAX_DEPTH} levels deep"
+        if isinstance(item, str):
+            if _text_problem(item, key):
+                return _text_problem(item, key)
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if _text_problem(k, key):
+                    return _text_problem(k, key)
+                stack.append((v, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return None
 
 
 def _run_problem(r: dict) -> str | None:
@@ -1062,7 +1381,9 @@ def _run_problem(r: dict) -> str | None:
         return "fields 'started' and 'finished' must be ISO dates and times"
     if not isinstance(r.get("status"), str) or not r["status"]:
         return "field 'status' must be a non-empty string"
-    return next((p for p in (_text_problem(r.get(k), k) for k in ("input_path", "output_path", "model")) if p), None)
+    problems = [_text_problem(r.get(k), k) for k in ("input_path", "output_path", "model", "task", "status")]
+    problems.append(_json_value_problem(r.get("counts"), "counts"))
+    return next((p for p in problems if p), None)
 
 
 def _message_in(session_id: str, m: dict) -> dict:

@@ -32,6 +32,7 @@ from textual.widgets import Footer, Input, Label, ListView, TextArea
 from .. import tasks
 from ..backends.base import Backend, CancelToken, GenerationOptions
 from ..models import DEFAULT_MODEL
+from ..visible import visible, visible_line
 from .keys import app_bindings
 from .screens import ConfirmScreen, HelpScreen, PromptScreen
 from .widgets import (
@@ -421,8 +422,10 @@ class HealthAssistantApp(App[int]):
     def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
                timeout: float | None = None, markup: bool = False) -> None:
         """Notifications carry file paths, questions and error text, where a "[/" is data: read
-        as markup it closed the app with a MarkupError."""
-        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+        as markup it closed the app with a MarkupError (and an escape sequence, which is made
+        visible)."""
+        super().notify(visible(message), title=visible_line(title), severity=severity, timeout=timeout,
+                       markup=markup)
 
     def report_error(self, what: str, exc: BaseException | str) -> None:
         detail = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
@@ -470,7 +473,7 @@ class HealthAssistantApp(App[int]):
     def _refresh_chrome(self) -> None:
         for task in TASK_LABELS:
             self.query_one(f"#mode-{task}").set_class(task == self.task_mode, "-active")
-        title = self.session_title or "New session"
+        title = visible_line(self.session_title or "New session")
         self.query_one("#session-title", Label).update(Text(title, no_wrap=True, overflow="ellipsis"))
         prompt = self.query_one("#prompt", TextArea)
         if self.task_mode == ASK:

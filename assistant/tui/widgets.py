@@ -11,6 +11,8 @@ from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.widgets import Label, ListItem, ListView, Static
 
+from ..visible import visible, visible_line
+
 if TYPE_CHECKING:
     from textual.widgets import Markdown
     from textual.widgets.markdown import MarkdownStream
@@ -47,15 +49,18 @@ class ChatMessage(Vertical, can_focus=True):
         if status in ("cancelled", "error"):
             self.add_class(f"-{status}")
 
+    # Shown text goes through visible(): a stored message or title (an imported export, a
+    # pasted transcript) may hold escape sequences that Textual would pass to the terminal.
+    # `self.text` keeps the text as it is, for copying and regenerating.
     def compose(self):
-        yield Label(self._title or self._default_title(), classes="message-title")
+        yield Label(visible_line(self._title or self._default_title()), classes="message-title", markup=False)
         if self.role == "assistant":
             from textual.widgets import Markdown  # imported on first use: keeps start-up light
 
-            yield Markdown(self.text, classes="message-body")
+            yield Markdown(visible(self.text), classes="message-body")
         else:
-            yield Static(self._user_body(), markup=False, classes="message-body")
-        yield Label(self._note, classes="message-note", markup=False)
+            yield Static(visible(self._user_body()), markup=False, classes="message-body")
+        yield Label(visible(self._note), classes="message-note", markup=False)
 
     def on_mount(self) -> None:
         self._show_note()
@@ -88,7 +93,7 @@ class ChatMessage(Vertical, can_focus=True):
             body = self.body
             self._stream = type(body).get_stream(body)
         self.text += piece
-        await self._stream.write(piece)
+        await self._stream.write(visible(piece))
 
     async def end_stream(self, final_text: str | None = None) -> None:
         if self._stream is not None:
@@ -96,11 +101,11 @@ class ChatMessage(Vertical, can_focus=True):
             self._stream = None
         if final_text is not None and final_text.strip() != self.text.strip():
             self.text = final_text
-            await self.body.update(final_text)
+            await self.body.update(visible(final_text))
 
     async def set_text(self, text: str) -> None:
         self.text = text
-        await self.body.update(text)
+        await self.body.update(visible(text))
 
     # --- status ---------------------------------------------------------------
     def set_note(self, note: str, status: str | None = None) -> None:
@@ -114,7 +119,7 @@ class ChatMessage(Vertical, can_focus=True):
 
     def _show_note(self) -> None:
         label = self.query_one(".message-note", Label)
-        label.update(self._note)
+        label.update(visible(self._note))
         label.display = bool(self._note)
 
     def action_copy(self) -> None:
@@ -189,14 +194,14 @@ def snippet_text(snippet: str) -> Text:
     while rest:
         start = rest.find(MARK[0])
         if start < 0:
-            out.append(rest)
+            out.append(visible_line(rest))
             break
-        out.append(rest[:start])
+        out.append(visible_line(rest[:start]))
         end = rest.find(MARK[1], start)
         if end < 0:
-            out.append(rest[start + 1:], style="bold")
+            out.append(visible_line(rest[start + 1:]), style="bold")
             break
-        out.append(rest[start + 1:end], style="bold reverse")
+        out.append(visible_line(rest[start + 1:end]), style="bold reverse")
         rest = rest[end + 1:]
     return out
 
@@ -207,7 +212,8 @@ class SessionItem(ListItem):
         self.row = row
 
     def compose(self):
-        yield Label(Text(self.row.title or "Untitled", no_wrap=True, overflow="ellipsis"), classes="session-title")
+        yield Label(Text(visible_line(self.row.title or "Untitled"), no_wrap=True, overflow="ellipsis"),
+                    classes="session-title")
         if self.row.snippet:
             yield Label(snippet_text(self.row.snippet), classes="session-snippet")
 
