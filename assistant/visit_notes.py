@@ -114,7 +114,9 @@ def section_input(section: Section, all_turns: Sequence[str]) -> list[str]:
                 break
             out.append(t)
             words += len(t.split())
-        return out
+        # A visit that is all opening is told by its history alone: drafted twice from the same
+        # turns, the two sections said the same thing.
+        return out if len(out) < len(all_turns) else []
     if section.key == "history":
         start = int(len(all_turns) * HISTORY_ENDS_AFTER)
         end = next((i for i in range(start, len(all_turns)) if _EXAM_START.search(all_turns[i])), len(all_turns))
@@ -192,8 +194,10 @@ def write_note(backend: Backend, transcript: str, summarize: Callable, style: st
             break
         section_opts = dataclasses.replace(opts, max_tokens=min(opts.max_tokens, section.tokens[style]))
         try:
+            # a long section's parts and merge report their progress as any summary's do
             result = summarize(backend, "\n".join(chosen), section.prompt, options=section_opts, cancel=cancel,
-                               best_of=best_of, examples=examples, source=transcript, synonyms=synonyms)
+                               on_progress=on_progress, best_of=best_of, examples=examples, source=transcript,
+                               synonyms=synonyms)
         except (BackendError, TaskError) as exc:
             if not blocks:
                 raise
@@ -207,7 +211,9 @@ def write_note(backend: Backend, transcript: str, summarize: Callable, style: st
         raw = result.meta.get("unchecked", result.text)
         if raw.strip():
             raw_blocks.append(_block(section, style, raw.strip()))
-        text = _without_repeats(result.text, seen)
+        cancelled = result.stats.finish_reason == "cancelled"
+        # a section stopped half-way keeps what it has (a long one's part summaries) as it is
+        text = result.text.strip() if cancelled else _without_repeats(result.text, seen)
         meta["sections"].append({"key": section.key, "turns": len(chosen), "words": len(text.split())})
         if text:
             block = _block(section, style, text)
@@ -216,7 +222,7 @@ def write_note(backend: Backend, transcript: str, summarize: Callable, style: st
             blocks.append(block)
         else:
             meta["not_discussed"].append(section.key)
-        if result.stats.finish_reason == "cancelled":
+        if cancelled:
             break
     if on_progress:
         on_progress("section", len(planned), len(planned))

@@ -242,7 +242,7 @@ def test_best_of_sets_the_drafts_per_summary_and_is_part_of_the_run(tmp_path, fa
     assert run("summarize", src, "-o", out, "--best-of", "3").exit_code == 0
     assert len(fake.prompts) == 6
     assert [o.temperature for o in fake.options[:3]] == [0.0, BEST_OF_TEMPERATURE, BEST_OF_TEMPERATURE]
-    assert lines(out)[1]["summary"] == "summary of b."
+    assert lines(out)[1]["summary"] == "HISTORY OF PRESENT ILLNESS\n\nsummary of b."  # a whole-visit note
     # resuming with another number of drafts would mix two kinds of output
     result = run("summarize", src, "-o", out, "--best-of", "1")
     assert result.exit_code == 1 and "different run" in result.output and "best_of" in result.output

@@ -15,6 +15,14 @@ from fakes import FakeBackend
 VISIT = "\n".join([
     "[doctor] hi , what brings you in today ?",
     "[patient] my knee has been hurting for three days .",
+    "[doctor] tell me more about how it started and what makes it better or worse .",
+    "[patient] i was playing soccer with my kids in the park on the weekend and i twisted it when i turned "
+    "too quickly , and since then it has been sore when i walk up and down the stairs at home and at work .",
+    "[doctor] okay , and has it been swollen or has it given way on you at any point since then ?",
+    "[patient] it was a bit swollen the first evening , i put some ice on it and kept it up on a pillow , "
+    "and it has not given way , but i have been careful with it and i have not been running at all .",
+    "[doctor] does anything else bother you , like numbness or tingling in the leg or the foot ?",
+    "[patient] no , nothing like that , it is just the knee itself , mostly on the inside part of it .",
     "[doctor] any past medical history ?",
     "[patient] i have high blood pressure .",
     "[doctor] what medications are you taking ?",
@@ -142,7 +150,7 @@ def test_a_model_failure_keeps_the_sections_written():
             raise BackendError("the model failed")
         return by_section()(messages)
 
-    with pytest.raises(TaskError, match="after 3 sections") as failure:
+    with pytest.raises(TaskError, match="after 3 sections") as failure:  # complaint, history, background
         summarize(FakeBackend(reply=reply), VISIT)
     assert failure.value.partial.startswith("CHIEF COMPLAINT\n\nKnee pain.")
 
@@ -178,3 +186,12 @@ def test_cli_style_option(tmp_path, monkeypatch):
     assert json.loads(out.read_text().splitlines()[0])["summary"].startswith("Presenting complaint: Knee pain.")
     bad = CliRunner().invoke(cli_module.cli, ["summarize", str(src), "--style", "letter"])
     assert bad.exit_code == 2 and "letter" in bad.output
+
+
+def test_a_visit_that_is_all_opening_is_told_by_its_history_alone():
+    be = FakeBackend(reply=by_section())
+    result = summarize(be, "[doctor] what brings you in ?\n[patient] my knee hurts .")
+    # (the three days the fake model writes were never said here, and are cut)
+    assert result.text == "HISTORY OF PRESENT ILLNESS\n\nThe patient reports knee pain."
+    assert "chief_complaint" in result.meta["not_discussed"]
+    assert not any("'Chief Complaint' section" in c[-1]["content"] for c in be.calls)
