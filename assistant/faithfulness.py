@@ -550,7 +550,8 @@ def _cut(sentence: str, span: tuple[int, int], kind: str) -> str:
         return sentence
     if kind in ("dose", "duration"):
         lead = re.search(r"(?:\b(?:for|over|x|in|within|after|about|approximately|around|roughly|nearly|almost|some|of)\s+)*"
-                         r"(?:the\s+(?:past|last)\s+|a\s+period\s+of\s+)?$", sentence[:start], re.IGNORECASE)
+                         r"(?:the\s+(?:past|last)\s+|a\s+period\s+of\s+)?"
+                         r"(?:\b\d+(?:\.\d+)?\s*(?:-|–|to|or)\s*)?$", sentence[:start], re.IGNORECASE)  # "2-", "2 to"
         begin = lead.start() if lead else start
         tail = re.match(r"\s+ago\b", sentence[end:])
         return sentence[:begin] + sentence[end + (tail.end() if tail else 0):]
@@ -574,7 +575,10 @@ def _tidy(sentence: str) -> str:
 
 
 def _dangling(sentence: str) -> bool:
-    return bool(re.search(r"\b(?:an?|the|of|with|for|to|in|at)\s*(?:[,.;:!?]|$)|\ban?\s+(?:who|with|that|and)\b",
+    """Whether cutting a phrase out left a sentence that no longer reads as one ("He is a
+    with", "Take of tylenol", "of tylenol for pain")."""
+    return bool(re.search(r"\b(?:an?|the|of|with|for|to|in|at)\s*(?:[,.;:!?]|$)|\ban?\s+(?:who|with|that|and)\b|"
+                          r"\b(?:take|takes|taking|took|given|prescribed|on|is|was)\s+of\b|^\W*(?:of|and|or|with)\b",
                           sentence, re.IGNORECASE)) or len(re.findall(r"[A-Za-z]+", sentence)) < 2
 
 
