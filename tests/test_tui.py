@@ -32,6 +32,9 @@ TRANSCRIPT = (
     "Patient: Okay."
 )
 SUMMARY = "Two-week cough with low-grade night fevers, no dyspnea. Plan: chest X-ray."
+# The whole-visit note of TRANSCRIPT when every section's draft is SUMMARY: the later sections
+# only repeat it, and its opening is the whole visit, so the history alone says it.
+NOTE = "HISTORY OF PRESENT ILLNESS\n\n" + SUMMARY
 
 
 def make_app(tmp_path: Path, backend: FakeBackend | None = None, **kwargs) -> HealthAssistantApp:
@@ -359,13 +362,13 @@ async def test_summarize_mode_stores_transcript_and_summary(tmp_path):
         assert app.task_mode == "summarize"
         assert app.query_one("#prompt", TextArea).border_title == "Transcript"
         await send(pilot, TRANSCRIPT)
-        assert replies(app)[-1].text == SUMMARY
+        assert replies(app)[-1].text == NOTE
         assert "Summarize the" in backend.calls[0][-1]["content"] or TRANSCRIPT.splitlines()[1] in \
             backend.calls[0][-1]["content"]
         stored = messages(app.store, app.session_id)
         assert stored[0]["role"] == "user" and stored[0]["content"] == TRANSCRIPT
         assert stored[0]["meta"]["task"] == "summarize"
-        assert stored[1]["content"] == SUMMARY and stored[1]["meta"]["task"] == "summarize"
+        assert stored[1]["content"] == NOTE and stored[1]["meta"]["task"] == "summarize"
         assert app.store.get_session(app.session_id)["title"].startswith("Summary: Doctor: What brings")
 
         # reopening the session brings the app back in Summarize mode
@@ -410,7 +413,7 @@ async def test_summarize_from_a_file(tmp_path):
         session = app.store.get_session(app.session_id)
         assert session["title"] == "Summary: visit.txt"
         assert session["messages"][0]["meta"]["source"] == "visit.txt"
-        assert session["messages"][1]["content"] == SUMMARY
+        assert session["messages"][1]["content"] == NOTE
         # The file's name goes only with the file's text: replaced before sending, it is not the source.
         await pilot.press("ctrl+n")
         assert await app.load_transcript(str(path))

@@ -787,6 +787,8 @@ class HealthAssistantApp(App[int]):
     def _job_progress(self, job: Job, stage: str, done: int, total: int) -> None:
         if stage == "candidate":
             job.view.set_note(f"drafting {done + 1} of {total}…" if done < total else "choosing the best draft…")
+        elif stage == "section":  # a whole-visit note, written a section at a time
+            job.view.set_note(f"writing section {done + 1} of {total}…" if done < total else "checking the note…")
         elif done < total:
             job.view.set_note(f"summarizing part {done + 1} of {total}…")
         else:
