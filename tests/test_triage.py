@@ -234,7 +234,7 @@ def test_a_clinic_rule_adds_to_the_shipped_ones(tmp_path):
     ('[[rule]]\nid = "x"\nall = ["bite"]\n', r"\[\[rule\]\] number 1 \('x'\): no entry"),
     ('[[rule]]\nid = "x"\nentry = "seizure"\nlevel = "urgent"\nall = ["bite"]\n', r"level 'urgent' in \[\[rule\]\] number 1 \('x'\)"),
     ('[[rule]]\nid = "x"\nentry = "seizure"\nall = ["bite"]\nunles = ["no"]\n',
-     r"key 'unles' in \[\[rule\]\] number 1 \('x'\) \(known: all, context"),
+     r"key 'unles' in \[\[rule\]\] number 1 \('x'\) \(known: all, any_framing, context"),
     ('[[rule]]\nid = "x"\nentry = "seizure"\nall = ["a"]\n[[rule]]\nid = "x"\nentry = "seizure"\nall = ["b"]\n',
      r"\[\[rule\]\] id 'x' given twice"),
     ('[[rule]]\nid = "x"\nentry = "seizure"\nall = ["(unclosed"]\n', r"not a valid safety config \(error"),

@@ -11,6 +11,7 @@ rule fired, for which presentation, on whose authority.
 """
 from __future__ import annotations
 
+import bisect
 import difflib
 import functools
 import os
@@ -84,6 +85,7 @@ class _Rule:
     terms: list[re.Pattern]
     context: bool
     unless: list[re.Pattern] = field(default_factory=list)  # the rule does not fire if any matches
+    any_framing: bool = False  # counts even in a general question ("how many would kill someone?")
 
 
 @dataclass
@@ -192,7 +194,7 @@ def load_config(path: str | os.PathLike | None = None) -> TriageConfig:
     return cfg
 
 
-_RULE_KEYS = {"rule": ({"id", "entry", "all"}, {"level", "context", "unless"}),
+_RULE_KEYS = {"rule": ({"id", "entry", "all"}, {"level", "context", "unless", "any_framing"}),
               "entry": ({"id", "level", "title", "source"}, {"signs"}),
               "scope": ({"id", "pattern"}, set())}
 _SOURCE_KEYS = ({"publisher", "url"}, {"document"})
@@ -238,8 +240,9 @@ def _unknown_keys(shipped: dict, override: dict) -> str | None:
                     if key in entry and not (isinstance(entry[key], list) and entry[key]
                                              and all(isinstance(t, str) and t for t in entry[key])):
                         return f"'{key}' in {name}: not a list of patterns, such as {key} = ['\\bsnake ?bite']"
-                if "context" in entry and not isinstance(entry["context"], bool):
-                    return f"'context' in {name}: true or false, not {entry['context']!r}"
+                for key in ("context", "any_framing"):
+                    if key in entry and not isinstance(entry[key], bool):
+                        return f"'{key}' in {name}: true or false, not {entry[key]!r}"
                 if "pattern" in entry and not (isinstance(entry["pattern"], str) and entry["pattern"]):
                     return f"'pattern' in {name}: not a pattern"
     return None
@@ -299,7 +302,8 @@ def _build(raw: dict) -> TriageConfig:
     for r in raw["rule"]:
         entry = _rule_entry(r, entries)
         rules.append(_Rule(r["id"], entry, entry.level, [compile_term(t) for t in r["all"]],
-                           bool(r.get("context", False)), [compile_term(t) for t in r.get("unless", [])]))
+                           bool(r.get("context", False)), [compile_term(t) for t in r.get("unless", [])],
+                           bool(r.get("any_framing", False))))
     # Crisis rules first: when both fire, the crisis text (which also names the
     # emergency number) is the right one to show.
     rules.sort(key=lambda r: r.level != "crisis")
@@ -374,7 +378,7 @@ _NEGATION_REACH = 120
 
 
 def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False,
-            memo: dict | None = None) -> bool:
+            memo: dict | None = None, any_framing: bool = False) -> bool:
     start, clause = _clause_at(norm, m.start())
     cut = max(start, m.start() - _NEGATION_REACH)
     if cut > start:  # from a word's start: the tail of "cannot" is not a "not"
@@ -387,19 +391,40 @@ def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False,
             memo[key, start] = key in cfg.ctx and bool(cfg.ctx[key].search(clause))
         return memo[key, start]
 
+    # told of as long past ("years ago", "when she was 2") and not said to be back now
+    if clause_has("historical") and not clause_has("current"):
+        return False
     negated = cfg.ctx["negation"].search(prefix)
     # "never had chest pain like this" is worse, not absent; a "not" beside it still denies
     if negated and not (negated.group().startswith("never") and clause_has("not_negated")):
         return False
-    if clause_has("educational") and not clause_has("personal_now"):
+    if not any_framing and clause_has("educational") and not clause_has("personal_now"):
         return False
-    # Now and then ("sometimes"), or imagined ("what if"): counts only if the message says it is happening now
-    if context and (clause_has("occasional") or clause_has("hypothetical")):
+    # Now and then ("sometimes"), or imagined ("what if"), in the match's own part of the clause
+    # ("black stools since yesterday and I get dizzy when I stand" is not habitual bleeding):
+    # counts only if the message says it is happening now
+    if context and _part_has(("occasional", "hypothetical"), clause, start, m.start(), cfg, memo):
         if ("happening_now", -1) not in memo:  # the whole message's: searched once
             memo["happening_now", -1] = bool(cfg.ctx["happening_now"].search(norm))
         if not memo["happening_now", -1]:
             return False
     return True
+
+
+def _part_has(keys: tuple[str, ...], clause: str, start: int, pos: int, cfg: TriageConfig, memo: dict) -> bool:
+    """Whether the part of the clause between the " and "s around `pos` matches any of the
+    context patterns `keys`; the cuts of a clause are found once, and each part searched once
+    (a long pasted clause of many matches stays linear)."""
+    if ("cuts", start) not in memo:
+        memo["cuts", start] = [m.start() for m in re.finditer(" and ", clause)]
+    cuts = memo["cuts", start]
+    i = bisect.bisect_right(cuts, pos - start - 1)
+    lo = cuts[i - 1] + len(" and ") if i else 0
+    key = ("part", keys, start + lo)
+    if key not in memo:
+        hi = cuts[i] if i < len(cuts) else len(clause)
+        memo[key] = any(cfg.ctx[k].search(clause[lo:hi]) for k in keys if k in cfg.ctx)
+    return memo[key]
 
 
 _QUESTION_START = re.compile(
@@ -415,7 +440,7 @@ def _rule_fires(rule: _Rule, norm: str, cfg: TriageConfig, question: bool, memo:
     clauses: list[str] = []  # the clauses of the rule's usable matches
     parts: list[str] = []  # the same, cut at "and": where the match itself is
     for term in rule.terms:
-        usable = [m for m in term.finditer(norm) if _usable(norm, m, cfg, rule.context, memo)]
+        usable = [m for m in term.finditer(norm) if _usable(norm, m, cfg, rule.context, memo, rule.any_framing)]
         if not usable:
             return False
         for m in usable:
