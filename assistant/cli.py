@@ -275,6 +275,10 @@ def chat(model, adapter, backend, max_tokens, temperature, seed, no_log, db):
     opts = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed)
     history: list[dict] = []
     session_id = None
+    # A line of bytes that are not UTF-8 then arrives with them as surrogates and is named;
+    # with strict decoding, the rest of what was read with it would be lost.
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        sys.stdin.reconfigure(errors="surrogateescape")
     err.print(f"[dim]{escape(be.model_name)} via {be.name}. Ctrl-C stops a reply, Ctrl-D quits.[/]")
     while True:
         try:
@@ -282,6 +286,12 @@ def chat(model, adapter, backend, max_tokens, temperature, seed, no_log, db):
         except (EOFError, click.Abort):
             err.print()
             return
+        except UnicodeDecodeError as exc:  # a line of bytes that are not UTF-8 (strict stdin)
+            err.print(f"[bold red]error:[/] that line is not UTF-8 text (byte {exc.start + 1}); type it again")
+            continue
+        if _text_arg_problem(question):  # the same, where stdin keeps such bytes as surrogates
+            err.print(f"[bold red]error:[/] that line {_text_arg_problem(question)}; type it again")
+            continue
         if not question.strip():
             continue
         if store is not None and session_id is None:

@@ -376,7 +376,12 @@ def status(db_path):
     if p.exists():
         with _open(db_path, reading=True) as st:
             info = st.summary()
+            damage = st.check()
         click.echo(f"Sessions: {info['sessions']}, messages: {info['messages']}, size: {info['size_bytes'] / 1024:.0f} KiB")
+        if damage:
+            click.echo(f"Integrity: damaged ({damage}); {store_mod.RECOVER_HINT}")
+        else:
+            click.echo("Integrity: ok" if damage == "" else "Integrity: not checked in full (a large log)")
         mode = stat.S_IMODE(p.stat().st_mode)
         if mode & 0o077:
             # A log made by an earlier version or copied in may be readable by others; its mode

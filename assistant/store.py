@@ -416,7 +416,8 @@ def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
 
 
 def _quick_check(conn: sqlite3.Connection, budget_s: float) -> str | None:
-    """What PRAGMA quick_check finds wrong (None: nothing, or not finished within `budget_s`)."""
+    """What PRAGMA quick_check finds wrong: "" for nothing, None when it did not finish within
+    `budget_s`."""
     deadline = time.monotonic() + budget_s
     conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
     try:
@@ -428,7 +429,7 @@ def _quick_check(conn: sqlite3.Connection, budget_s: float) -> str | None:
     finally:
         conn.set_progress_handler(None, 0)
     problems = [" ".join(str(r[0]).split()) for r in rows if r[0] != "ok"]
-    return "; ".join(problems)[:300] or None
+    return "; ".join(problems)[:300]
 
 
 def _read_only_connection(path: Path) -> sqlite3.Connection:
@@ -826,6 +827,15 @@ class Store:
             rows = self.db.query(sql + " order by updated desc, id", params)
             found = [r for r in rows if all(w in r["title"].casefold() for w in words)]
         return found[:limit]
+
+    def check(self, budget_s: float = 2.0) -> str | None:
+        """What SQLite's quick check finds wrong with the log ("" for nothing; None when it
+        did not finish within `budget_s`)."""
+        with self._guard("checking the log"):
+            try:
+                return _quick_check(self.db.conn, budget_s)
+            except sqlite3.DatabaseError as e:  # damage bad enough to stop the check itself
+                return str(e)
 
     def summary(self) -> dict:
         with self._guard("reading the summary"):
