@@ -451,8 +451,8 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
         if not shown and result.text:  # a long transcript stopped before its merge: the part summaries
             _echo(result.text)
         click.echo()
-        if store is not None:
-            with user_errors():
+        try:  # the summary is printed already: a log that cannot take it is said, not fatal
+            if store is not None:
                 sid, run_id = store.start_batch("summarize", str(good[0].source), None, be.model_name)
                 store.add_batch_item(sid, good[0].text, result.text, model=be.model_name, options=opts.to_dict(),
                                      stats=result.stats.to_dict(),
@@ -460,6 +460,8 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
                                      meta={"id": good[0].id, "section": good[0].section or section,
                                            **result.meta})
                 store.finish_batch(run_id, {"done": 1}, "cancelled" if result.cancelled else "complete")
+        except StoreError as e:
+            err.print(f"[yellow]warning:[/] {escape(str(e))}; this summary is not logged")
         _print_stats(result.stats)
         sys.exit(EXIT_CANCELLED if result.cancelled else 1 if errors else 0)
     sys.exit(_run_batch("summarize", list(inputs), output_path, overwrite, model, adapter, backend, opts,

@@ -643,3 +643,15 @@ def test_a_chat_line_that_is_not_utf8_is_named_and_the_chat_goes_on(tmp_path):
     with Store(db) as st:
         (session,) = st.list_sessions()
         assert st.get_session(session["id"])["messages"][0]["content"] == "What is asthma?"
+
+
+def test_a_single_summary_the_log_cannot_take_is_printed_and_the_log_is_said(tmp_path, fake, monkeypatch):
+    def full(*a, **k):
+        raise StoreError(f"{tmp_path / 'l.db'}: recording a batch run failed: the disk is full")
+
+    monkeypatch.setattr(Store, "start_batch", full)
+    visit = tmp_path / "visit.txt"
+    visit.write_text("Doctor: hello.\nPatient: I have a cough.")
+    r = invoke(cli, "summarize", visit, "--db", tmp_path / "l.db")
+    assert r.exit_code == 0 and "answer to cough." in r.stdout and "Traceback" not in r.output
+    assert "warning:" in r.output and "the disk is full; this summary is not logged" in r.output.replace("\n", " ")
