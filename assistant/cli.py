@@ -105,11 +105,19 @@ def _text_arg_problem(text: str) -> str | None:
 
 
 def _read_stdin(limit: int) -> str:
+    """The question piped in, read no further than the record limit."""
+    too_large = (f"the question on stdin is over the limit of {input_limits.human(limit)} per record "
+                 f"(raise it with {input_limits.RECORD_OPTION} or {input_limits.RECORD_ENV})")
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text-only stand-in for stdin: its text, bounded all the same
+        text = sys.stdin.read(limit + 1)
+        if input_limits.text_size(text) > limit:
+            fail(too_large)
+        return text
     try:
-        data = input_limits.read_stream(sys.stdin.buffer, limit, "stdin")
+        data = input_limits.read_stream(stream, limit, "stdin")
     except input_limits.InputTooLarge:
-        fail(f"the question on stdin is over the limit of {input_limits.human(limit)} per record "
-             f"(raise it with {input_limits.RECORD_OPTION} or {input_limits.RECORD_ENV})")
+        fail(too_large)
     except OSError as e:
         fail(f"cannot read stdin: {e.strerror}")
     try:

@@ -206,16 +206,9 @@ def _storable(text: str | None) -> str | None:
     if text is None:
         return None
     try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape" if not _surrogate_pair_halves(text) else "replace"
-                           ).decode("utf-8", "backslashreplace")
-
-
-def _surrogate_pair_halves(text: str) -> bool:
-    # surrogateescape encodes only U+DC80-U+DCFF (one undecodable byte each)
-    return any("\ud800" <= ch <= "\udfff" and not "\udc80" <= ch <= "\udcff" for ch in text)
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # half of a character from a \u escape, not an undecodable byte
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _read_header(path: Path) -> bytes:
@@ -1107,6 +1100,11 @@ def _salvage(conn: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> 
 
     rows: list[dict] = []
     lost = invalid = 0
+    try:
+        if not conn.execute("select 1 from sqlite_master where type = 'table' and name = ?", [table]).fetchone():
+            return rows, lost, invalid  # a log of an older version, before this table
+    except sqlite3.DatabaseError:
+        pass  # the schema's own page is damaged: reading the table may still work
     start = -(2 ** 63)
     while True:
         batch = read(start, _SALVAGE_BATCH)
