@@ -23,15 +23,18 @@ Public API::
     store.search(query, limit=20, mark=("**", "**")) -> list[dict]   # bm25-ranked, snippet
     store.rename_session(id, title); store.archive_session(id, archived=True)
     store.delete_session(id); store.delete_before(when) -> dict; store.vacuum()
-    store.export(ids=None, fmt="markdown" | "json") -> str; store.import_json(src) -> dict
-    store.summary() -> dict; store.backup(path); store.close()
+    store.export(ids=None, fmt="markdown" | "json") -> str; store.import_json(src, max_bytes=None) -> dict
+    store.summary() -> dict; store.check() -> str | None; store.backup(path); store.close()
+    recover(damaged_path, new_path) -> dict   # what a damaged log still holds, into a new log
 
     logging_enabled() / set_logging(bool)   # marker file $XDG_CONFIG_HOME/health-assistant/logs-off
     open_store(path=None) -> Store | None   # None when logging is switched off
 
 Every failure of the database (not a database, written by a newer version, read-only
 location, disk full, locked too long) is raised as ``StoreError`` whose message names
-the file and the problem. Session ids are time-sortable ULIDs; message ids are integers.
+the file and the problem; ``LogNotWritable`` (a read-only location) and ``LogDamaged``
+(the file is damaged: checked when opened for writing, and at the first "malformed"
+error, after which nothing more is written) are the two a caller may treat apart. Session ids are time-sortable ULIDs; message ids are integers.
 A message's ``status`` is one of complete / partial / cancelled / error.
 """
 from __future__ import annotations
