@@ -112,6 +112,10 @@ def fts_query(text: str, limit: int | None = MAX_TERMS) -> str:
     return " OR ".join(terms[:limit])
 
 
+def _name_words(name: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z0-9]+", _fold(name)) if w not in STOP_WORDS]
+
+
 def _terms_of(match: str) -> str:
     """The bare words of an fts_query() string."""
     return match.replace('"', "").replace(" OR ", " ")
@@ -271,7 +275,7 @@ class KnowledgeBase:
                 full = " OR ".join([match, *extra]) if extra else match
             rows = self._con.execute(sql, (*weights, full, *weights, pool)).fetchall()
             if FOCUS_PENALTY and rows:
-                rows = self._rerank(f"{words} {alternatives}", rows)[:k]
+                rows = self._rerank(" ".join([*_name_words(query), alternatives]), rows)[:k]
             coverage = self._coverage(words, [(r[1], f"{r[2]} {r[7]}") for r in rows], equivalent)
         return [Passage(*r[1:7], coverage=c, topic_named=r[8] if len(r) > 8 else 1.0,
                         aliases=tuple(a for a in r[7].split("; ") if a))
@@ -321,7 +325,8 @@ class KnowledgeBase:
         (its title's focus or one of its other names, whichever the query names most)."""
         names = [[_focus(r[2]), *(a for a in r[7].split("; ") if a)] for r in rows]
         flat = [n for ns in names for n in ns]
-        stems = self._stems([query_words] + [_terms_of(fts_query(n)) for n in flat])
+        # Every word of a name counts, single letters too: "fever" does not name "Q Fever".
+        stems = self._stems([query_words] + [" ".join(_name_words(n)) for n in flat])
         asked = stems[0]
 
         def named(focus: set[str]) -> float:
