@@ -23,6 +23,7 @@ from .cli_logs import logs
 from .models import ModelError
 from .safety.triage import SafetyConfigError, default_config
 from .store import LogNotWritable, Store, StoreError, open_store
+from .visible import visible
 from .visit_notes import STYLES
 from .tasks import (ANSWER_MAX_TOKENS, SUMMARY_BEST_OF, SUMMARY_MAX_TOKENS, SUMMARY_REPEAT_PENALTY, TaskError, answer,
                     summarize, summary_drafts, summary_options)
@@ -127,7 +128,8 @@ def _read_stdin(limit: int) -> str:
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}")
+    # visible(): an error may quote a record's id or a path, which may hold escape sequences
+    err.print(f"[bold red]error:[/] {escape(visible(message))}")
     sys.exit(1)
 
 
@@ -324,7 +326,9 @@ def _title(text: str) -> str:
 
 
 def _echo(piece: str) -> None:
-    sys.stdout.write(piece)
+    # A model may copy an escape sequence from a transcript: a terminal is shown it as text,
+    # a file or a pipe gets the text as it is.
+    sys.stdout.write(visible(piece) if sys.stdout.isatty() else piece)
     sys.stdout.flush()
 
 
@@ -436,7 +440,7 @@ def summarize_cmd(inputs, output_path, section, id_column, text_column, section_
         good = [r for r in records if isinstance(r, Record)]
         if errors:
             for e in errors:
-                err.print(f"[red]{escape(str(e))}[/]")
+                err.print(f"[red]{escape(visible(str(e)))}[/]")
             if not good:
                 sys.exit(1)
         if len(good) != 1:
@@ -608,7 +612,7 @@ def _process(task, todo, be, writer, store, run, opts, section, best_of, token, 
 def _report_errors(errors: list[RecordError]) -> None:
     err.print(f"[bold red]{len(errors)} record(s) failed:[/]")
     for e in errors:
-        err.print(f"  [red]{escape(str(e))}[/]")
+        err.print(f"  [red]{escape(visible(str(e)))}[/]")
 
 
 @cli.group(invoke_without_command=True)

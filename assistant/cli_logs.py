@@ -57,7 +57,7 @@ class _LogsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except StoreError as e:
-            click.secho(f"Error: {' '.join(str(e).split())}", fg="red", err=True)
+            click.secho(f"Error: {' '.join(visible(str(e)).split())}", fg="red", err=True)
             ctx.exit(1)
 
 

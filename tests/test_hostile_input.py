@@ -655,3 +655,24 @@ def test_a_single_summary_the_log_cannot_take_is_printed_and_the_log_is_said(tmp
     r = invoke(cli, "summarize", visit, "--db", tmp_path / "l.db")
     assert r.exit_code == 0 and "answer to cough." in r.stdout and "Traceback" not in r.output
     assert "warning:" in r.output and "the disk is full; this summary is not logged" in r.output.replace("\n", " ")
+
+
+def test_errors_quoting_an_id_or_a_path_show_its_escape_sequences_as_text(tmp_path, fake):
+    src = write_jsonl(tmp_path / "q.jsonl", [{"id": "x\x1b[2J", "question": "What is a cold?"},
+                                            {"id": "x\x1b[2J", "question": "What is a fever?"}])
+    r = invoke(cli, "ask", "-i", src, "-o", tmp_path / "o.jsonl", "--no-log")
+    assert r.exit_code == 1 and "duplicate id 'x\u241b[2J'" in r.output and "\x1b" not in r.output
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps({"format": "health-assistant-logs", "sessions": [
+        {"id": "s\x1b]0;owned\x07", "mode": "nonsense", "created": "2025-01-01T00:00:00",
+         "updated": "2025-01-01T00:00:00"}]}))
+    r = invoke(logs, "import", "--db", tmp_path / "l.db", export)
+    assert r.exit_code == 1 and "(id s\u241b]0;owned\u2407)" in one_line_error(r) and "\x1b" not in r.output
+
+
+def test_a_reply_streamed_to_a_terminal_shows_escape_sequences_as_text(monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    cli_module._echo("a \x1b[2J b")
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    cli_module._echo(" c \x1b[2J")
+    assert capsys.readouterr().out == "a \u241b[2J b c \x1b[2J"
