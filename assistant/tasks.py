@@ -686,13 +686,36 @@ def _is_drug(passage) -> bool:
     return is_drug_page(passage)
 
 
+def question_of(messages: Sequence[Message]) -> str:
+    return messages[-1]["content"] if messages else ""
+
+
+def _unsupported_by(prompt: str, passages: Sequence) -> Callable[[str], str | None]:
+    """A sentence stating an age, sex, setting, medicine, dose or number that neither the
+    question nor the passages say is dropped: an answer never states what its source did not."""
+    from .faithfulness import check
+    from .vocabulary import Vocabulary, normalise
+
+    source = "\n".join([prompt, *(p.text for p in passages)])
+    vocabulary = Vocabulary.default()
+
+    def other_names(name: str) -> list[str]:
+        return vocabulary.terms.get(normalise(name), [])
+
+    def unsupported(sentence: str) -> str | None:
+        report = check(sentence, source, synonyms=other_names)
+        return "unsupported " + ", ".join(sorted(report.kinds())) if report.findings else None
+
+    return unsupported
+
+
 def _run_checked(backend: Backend, messages: Sequence[Message], options: GenerationOptions,
                  on_text: TextCallback | None, cancel: CancelToken | None, passages: Sequence,
                  meta: dict) -> tuple[str, GenerationStats]:
     """Generate through the sentence checks: a note-voice sentence is dropped, a repeated
     one ends the answer (the model is stopped there), and an answer left with nothing
     gives the source's own opening words instead."""
-    gate = SentenceGate()
+    gate = SentenceGate(drop=_unsupported_by(question_of(messages), passages))
     stop = CancelToken()
 
     class _Either:  # the caller's cancel, or the gate's stop on a loop

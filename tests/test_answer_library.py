@@ -234,3 +234,10 @@ def test_shipped_library_names_a_missing_medicine_and_refuses_off_topic(shipped)
     assert g.kind == "missing" and g.missing == ["Montelukast"]
     g = ground(shipped, _queries("Where is the bathroom?", []), "Where is the bathroom?", shipped.vocabulary)
     assert g.kind == "none"
+
+
+def test_a_sentence_stating_what_the_sources_do_not_is_dropped(kb):
+    be = FakeBackend(reply="Take 500 mg of Lexapro twice a day. Lexapro treats depression and anxiety.")
+    result = answer(be, "What is Lexapro used for?", knowledge=kb)
+    assert result.text.startswith("Lexapro treats depression and anxiety.") and "500" not in result.text
+    assert result.meta["dropped_sentences"][0]["reason"].startswith("unsupported")
