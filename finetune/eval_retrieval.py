@@ -136,24 +136,30 @@ def calibrate(kb: KnowledgeBase, source: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data" / "medquad")
-    ap.add_argument("--kb", type=Path, default=knowledge.DEFAULT_KB)
+    ap.add_argument("--kb", type=Path, nargs="+", default=list(knowledge.DEFAULT_LIBRARY),
+                    help="library files, MedQuAD's first (default: the shipped library, drug labels included)")
+    ap.add_argument("--split", choices=("valid", "test"), default="test",
+                    help="questions of this split (choices are made on valid)")
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--calibrate", action="store_true", help="write calibration.json next to the KB")
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N test questions")
     args = ap.parse_args(argv)
 
-    kb = KnowledgeBase(args.kb, cache_dir=args.cache_dir)
+    from assistant.vocabulary import Vocabulary
+
+    kb = KnowledgeBase(args.kb, cache_dir=args.cache_dir, vocabulary=Vocabulary.default())
     result = {}
     if args.calibrate:
         cal = calibrate(kb, args.source)
-        (args.kb.parent / knowledge.CALIBRATION).write_text(json.dumps(cal, indent=2) + "\n", encoding="utf-8")
+        (args.kb[0].parent / knowledge.CALIBRATION).write_text(json.dumps(cal, indent=2) + "\n", encoding="utf-8")
         kb.min_coverage = cal["min_coverage"]
         result["calibration"] = cal
 
-    owners, focus = passage_docs(args.kb)
-    test = questions(args.source, "test")
+    owners, focus = passage_docs(args.kb[0])
+    test = questions(args.source, args.split)
     if args.limit:
         test = test[: args.limit]
+    result["split"] = args.split
     result["test"] = recall(kb, test, owners, focus)
     test_cov = top_coverage(kb, [q["question"] for q in test])
     result["test"]["answered_at_threshold"] = round(sum(c >= kb.min_coverage for c in test_cov) / len(test_cov), 4)
