@@ -237,6 +237,21 @@ def run_generation(backend: StatsRecorder, suite: str, records: list[dict], styl
     return score_suite(suite, rows)
 
 
+def score_predictions(path: Path) -> dict[str, dict]:
+    """Each suite's scores from a predictions file, as `run_generation` reports them: a run
+    stopped part-way (on a slow machine) is scored on the records it finished."""
+    by_suite: dict[str, list[dict]] = defaultdict(list)
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            by_suite[row["suite"]].append(row)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"{path}:{line_no}: not a prediction row ({exc})") from None
+    return {suite: score_suite(suite, rows) for suite, rows in by_suite.items()}
+
+
 def run_perplexity(spec, backend: Backend | None, records: list[dict], limit: int | None) -> dict:
     """Per source (`limit` records of each, spread as `spread` does) and overall, on valid.jsonl."""
     if backend is not None and backend.name == "transformers":
@@ -602,6 +617,14 @@ def main(argv: list[str] | None = None) -> int:
         a = p.parse_args(argv[1:])
         plot(merge_by_model(read_results(a.results), [str(f) for f in a.results]), a.out)
         print(f"wrote {a.out}")
+        return 0
+    if argv[:1] == ["score"]:
+        p = argparse.ArgumentParser(prog="finetune.evaluate score",
+                                    description="Score a predictions file, also one a stopped run left (.partial).")
+        p.add_argument("predictions", type=Path)
+        a = p.parse_args(argv[1:])
+        for suite, m in score_predictions(a.predictions).items():
+            print(f"{suite}: {json.dumps(m)}")
         return 0
     args = parser().parse_args(argv)
     args.argv = argv

@@ -410,3 +410,20 @@ def test_limit_takes_a_spread_of_the_suite_not_its_first_group():
     assert len({r["id"].rsplit("/", 1)[1] for r in chosen}) == 4  # every group, not only the first
     assert [r["n"] for r in chosen] == sorted(r["n"] for r in chosen)  # in file order
     assert evaluate.spread(records, 500) == records and evaluate.spread(records, None) == records
+
+
+def test_a_predictions_file_is_scored_again_as_the_run_scored_it(data, tmp_path, capsys):
+    result, _ = _run(data, tmp_path / "visit.json", "--suites", "aci-visit,mts-test1")
+    predictions = tmp_path / "visit.predictions.jsonl"
+    rescored = evaluate.score_predictions(predictions)
+    for suite in ("aci-visit", "mts-test1"):
+        assert {k: v for k, v in rescored[suite].items() if k != "seconds_per_record"} == \
+            {k: v for k, v in result["suites"][suite].items() if k != "seconds_per_record"}
+    # a run stopped part-way is scored on what it wrote
+    partial = tmp_path / "stopped.predictions.jsonl.partial"
+    partial.write_text(predictions.read_text().splitlines()[0] + "\n")
+    assert evaluate.main(["score", str(partial)]) == 0
+    assert capsys.readouterr().out.startswith(f"{json.loads(predictions.read_text().splitlines()[0])['suite']}: ")
+    partial.write_text("not json\n")
+    with pytest.raises(SystemExit, match="stopped.predictions.jsonl.partial:1: not a prediction row"):
+        evaluate.score_predictions(partial)
