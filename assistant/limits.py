@@ -48,7 +48,7 @@ def human(size: int) -> str:
     for unit in ("G", "M", "K"):
         if size >= _UNITS[unit]:
             value = size / _UNITS[unit]
-            return f"{value:.0f} {unit}B" if value == int(value) else f"{value:.1f} {unit}B"
+            return f"{value:.0f} {unit}iB" if value == int(value) else f"{value:.1f} {unit}iB"
     return f"{size} bytes"
 
 

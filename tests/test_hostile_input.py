@@ -35,6 +35,8 @@ ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 def fake(monkeypatch):
     backend = FakeBackend(reply=lambda msgs: "answer to " + msgs[-1]["content"].split()[-1])
     monkeypatch.setattr(cli_module, "load_backend", lambda *a, **k: backend)
+    real_answer = cli_module.answer  # the fake model's text as it streams, not a knowledge-base extract
+    monkeypatch.setattr(cli_module, "answer", lambda *a, **k: real_answer(*a, grounded=False, **k))
     return backend
 
 
@@ -205,7 +207,7 @@ def test_ask_from_dev_zero_is_refused_at_the_file_limit(tmp_path, fake):
     start = time.monotonic()
     r = invoke(cli, "ask", "-i", "/dev/zero", "-o", tmp_path / "o.jsonl", "--no-log", "--max-input-size", "4M")
     assert r.exit_code == 1
-    assert "/dev/zero: is over the limit of 4 MB per input file" in r.output and "Traceback" not in r.output
+    assert "/dev/zero: is over the limit of 4 MiB per input file" in r.output and "Traceback" not in r.output
     assert time.monotonic() - start < 10 and not fake.prompts
 
 
@@ -213,14 +215,14 @@ def test_a_50_mb_line_is_one_bad_record_and_the_rest_go_on(tmp_path, fake):
     src = tmp_path / "questions.txt"
     with src.open("wb") as f:
         f.write(b"What is a cold?\n")
-        f.write(b"why " * (50 << 18) + b"\n")  # 50 MB on one line
+        f.write(b"why " * (50 << 18) + b"\n")  # 50 MiB on one line
         f.write(b"What is a fever?\n")
     out = tmp_path / "o.jsonl"
     start = time.monotonic()
     r = invoke(cli, "ask", "-i", src, "-o", out, "--no-log")
     assert time.monotonic() - start < 30
     assert r.exit_code == 1 and "Traceback" not in r.output
-    assert f"{src}:2: the record is 50 MB, over the limit of 256 KB per record" in r.output
+    assert f"{src}:2: the record is 50 MiB, over the limit of 256 KiB per record" in r.output
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["1", "3"]
     assert max(len(line) for line in out.read_text().splitlines()) < 10_000  # nothing of it copied out
 
@@ -228,7 +230,7 @@ def test_a_50_mb_line_is_one_bad_record_and_the_rest_go_on(tmp_path, fake):
 def test_a_huge_single_question_or_transcript_is_refused_before_the_model(tmp_path, fake, monkeypatch):
     big = "why " * 100_000  # 400 KB
     r = invoke(cli, "ask", big, "--no-log")
-    assert r.exit_code == 1 and "the record is 390.6 KB, over the limit of 256 KB per record" in one_line_error(r)
+    assert r.exit_code == 1 and "the record is 390.6 KiB, over the limit of 256 KiB per record" in one_line_error(r)
     r = invoke(cli, "ask", "--no-log", input=big)
     assert r.exit_code == 1 and "the question on stdin is over the limit" in one_line_error(r)
     visit = tmp_path / "visit.txt"
@@ -242,7 +244,7 @@ def test_limits_are_set_by_option_or_environment(tmp_path, fake):
     src = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "question": "x" * 3000}, {"id": "b", "question": "Is it?"}])
     out = tmp_path / "o.jsonl"
     r = invoke(cli, "ask", "-i", src, "-o", out, "--no-log", env={"HEALTH_ASSISTANT_MAX_RECORD_SIZE": "1K"})
-    assert r.exit_code == 1 and f"{src}:1: the record is" in r.output and "over the limit of 1 KB" in r.output
+    assert r.exit_code == 1 and f"{src}:1: the record is" in r.output and "over the limit of 1 KiB" in r.output
     r = invoke(cli, "ask", "-i", src, "-o", out, "--no-log", "--max-record-size", "8K",
                env={"HEALTH_ASSISTANT_MAX_RECORD_SIZE": "1K"})
     assert r.exit_code == 0, r.output  # the option wins over the environment
@@ -252,7 +254,7 @@ def test_limits_are_set_by_option_or_environment(tmp_path, fake):
 
 def test_import_reads_no_more_than_the_file_limit(tmp_path):
     r = invoke(logs, "import", "--db", tmp_path / "l.db", "/dev/zero", env={"HEALTH_ASSISTANT_MAX_INPUT_SIZE": "1M"})
-    assert r.exit_code == 1 and "over the limit of 1 MB per input file" in one_line_error(r)
+    assert r.exit_code == 1 and "over the limit of 1 MiB per input file" in one_line_error(r)
 
 
 # --- 4. one-line errors instead of tracebacks ---------------------------------------------
