@@ -24,6 +24,7 @@ before the rules saw it; the first run of each batch is the honest estimate:
 | 7 (14 probes of batch 6's fixes, run once before their fixes) | 0/7 ("is it from a stroke?", choking on candy) | - | 7/7 ("cannot speak up", bleeding gums in pregnancy) |
 | catalogue probes (230, tests/triage_catalogue_probes.jsonl, written blind per catalogue entry), on the rules before the catalogue | 41/156 (26 %) | 10/24 | 3/50 |
 | the same probes, first run on the catalogue's rules (written from the published lists, before the probes were read) | 114/156 (73 %; 27 of 38 entries missed a probe: acute abdomen and coughing blood 1/4; anaphylaxis, burns, ectopic, GI bleed, antidepressant overdose, hypoglycaemia, sudden confusion, vision loss, torsion, thunderclap 2/4; 15 more one probe each) | 16/24 (preparatory acts 1/4, lethal-amount questions 2/4, self-harm acts 2/4, method 3/4) | 4/50 (look-alikes for household chemicals, suicidal thoughts, self-harm, seizure) |
+| the same after generalising each missed entry's rules from its published signs (no longer unseen) | 156/156 | 24/24 | 0/50 |
 
 Every batch was then used to generalise the rules, so the holdout now passes at
 100 % and is no longer unseen: expect paraphrases the rules have not met to be
@@ -196,8 +197,17 @@ def bench(repeats: int = 5) -> dict:
         triage(paste)
     paste_ms = (time.perf_counter() - t0) * 1000 / repeats
     words = len(paste.split())
+
+    def seconds(n: int) -> float:  # one clause of n repeated matches
+        t0 = time.perf_counter()
+        triage("chest pain " * n)
+        return time.perf_counter() - t0
+
+    # ten times the text used to take ~100 times as long (quadratic): a ratio near 10 is linear
+    growth = seconds(4000) / min(seconds(400) for _ in range(3))
     return {"messages": len(texts), "ms_per_message": round(per_message, 3), "paste_words": words,
-            "paste_ms": round(paste_ms, 1), "paste_ms_per_1000_words": round(paste_ms * 1000 / words, 2)}
+            "paste_ms": round(paste_ms, 1), "paste_ms_per_1000_words": round(paste_ms * 1000 / words, 2),
+            "growth_10x_text": round(growth, 1)}
 
 
 def main(argv: list[str] | None = None) -> None:

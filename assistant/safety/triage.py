@@ -257,7 +257,8 @@ def _source_problem(source) -> str | None:
     if needed - set(source):
         return f"no {', '.join(sorted(needed - set(source)))} (such as {example})"
     if set(source) - needed - optional:
-        return f"unknown key '{sorted(set(source) - needed - optional)[0]}' (known: {', '.join(sorted(needed | optional))})"
+        extra = sorted(set(source) - needed - optional)[0]
+        return f"unknown key '{extra}' (known: {', '.join(sorted(needed | optional))})"
     if not all(isinstance(v, str) and v.strip() for v in source.values()):
         return "publisher, document and url are non-empty text"
     return None
