@@ -211,6 +211,7 @@ class _Source:
     values: set[float]
     days: set[float]  # durations said, in days
     grams: set[float]  # masses said, in mg
+    ages: set[float]  # numbers said as an age ("58 year old", "i'm fifty", "age 40")
 
 
 def _round(x: float) -> float:
@@ -248,7 +249,15 @@ def _source(text: str) -> _Source:
     grams = {_round(n.value * _GRAMS[n.unit]) for n in nums if n.unit in _GRAMS}
     words = set(re.findall(r"[a-z][a-z'-]*", lower))
     words |= {w.strip("'-") for w in words}
-    return _Source(text, lower, words, values, days, grams)
+    # An age must be said as one: any number will not do ("lasix 80 mg" is no 80-year-old).
+    ages = {_round(n.value) for n in nums if n.old}
+    for n in nums:
+        before = lower[max(0, n.start - 24):n.start]
+        after = lower[n.stop:n.stop + 16]
+        if re.search(r"\b(?:age|aged|i'?m|i am|he'?s|she'?s|he is|she is|who is|who'?s|you'?re|you are|turn(?:ed|ing|s)?|is now)\s+(?:about\s+|only\s+|almost\s+)?$", before) \
+                or re.match(r"\s*(?:years?|yrs?)\b(?!\s+ago)|\s*y/?o\b", after):
+            ages.add(_round(n.value))
+    return _Source(text, lower, words, values, days, grams, ages)
 
 
 def _spoken_values(text: str, nums: list[_Number]) -> set[float]:
@@ -434,7 +443,7 @@ def _findings(sentence: str, source: _Source, synonyms: Synonyms | None, lexicon
         nums = _numbers(m.group(1) or m.group(2))
         if nums:
             ages.append((m.start(), m.end()))
-            if not _number_supported(nums[0], source):
+            if _round(nums[0].value) not in source.ages:
                 add("age", m.start(), m.end())
     nums = _numbers(sentence)
     for k, n in enumerate(nums):
@@ -445,7 +454,7 @@ def _findings(sentence: str, source: _Source, synonyms: Synonyms | None, lexicon
             continue
         # "120/80", "1/2": each part said, or the fraction
         if n.old:
-            if not _number_supported(n, source):
+            if _round(n.value) not in source.ages:
                 add("age", n.start, n.end)
             continue
         after = sentence[n.end:n.end + 1]

@@ -126,3 +126,10 @@ def test_the_shipped_lexicon_knows_brands_and_generics():
     assert "furosemide" in lexicon.also_known_as("lasix")
     assert lexicon.is_medicine("lisinopril") and lexicon.is_medicine("valsartan")  # listed, or by its stem
     assert not lexicon.is_medicine("person") and not lexicon.is_medicine("solution")
+
+
+def test_an_age_must_be_said_as_an_age():
+    source = "[doctor] brian is a 58 year old male . increase your lasix to 80 mg . [patient] my son , who is nine ."
+    assert kinds("He is an 80-year-old male.", source) == [("age", "80-year-old")]  # 80 was a dose
+    assert kinds("A 1-year-old boy.", source) == [("age", "1-year-old")]  # 1 is no free pass for an age
+    assert kinds("He is a 58-year-old male. His son is 9 years old.", source) == []
