@@ -44,6 +44,7 @@ def test_historical(text, expected):
     ("I am worried I might get a thunderclap headache on this medicine", "none"),
     # imagined no longer: it is happening
     ("what if this chest pain going down my arm right now is a heart attack", "emergency"),
+    ("I am scared I am having a heart attack", "emergency"),
 ])
 def test_hypothetical(text, expected):
     assert level(text) == expected, text
