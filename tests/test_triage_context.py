@@ -30,6 +30,7 @@ def test_negated(text, expected):
     ("I tried to kill myself in 2015 and got help, how do I tell my partner", "none"),
     ("she cut herself as a teen and the old scars itch in summer", "none"),
     ("my dad had a stroke years ago, which diet is best for him", "none"),
+    ("my cousin felt suicidal last year but she is doing better now", "none"),
     # the same history, with something happening now in its clause
     ("he had a seizure when he was 12 and he is having another seizure right now", "emergency"),
     ("I tried to kill myself years ago and I am thinking about suicide again now", "crisis"),
