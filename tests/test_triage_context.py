@@ -57,9 +57,12 @@ def test_hypothetical(text, expected):
     ("my friend's face is drooping on one side and her speech is slurred", "emergency"),
     ("a man at the bus stop is having a seizure that will not stop", "emergency"),
     ("my brother says he wants to kill himself", "crisis"),
+    ("somebody collapsed in the car park and is not breathing", "emergency"),
+    ("someone stabbed my cousin, he is bleeding a lot", "emergency"),
     # someone else, long ago or in general: no
     ("a colleague had a stroke last year, how can I support her return to work", "none"),
     ("what are the warning signs of a stroke in someone older", "none"),
+    ("what should you do if somebody is having a seizure", "none"),
 ])
 def test_someone_else(text, expected):
     assert level(text) == expected, text
