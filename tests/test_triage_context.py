@@ -76,6 +76,9 @@ def test_someone_else(text, expected):
     # a new change on top of the usual: counts
     ("I sometimes get chest pain but right now it is crushing and going into my jaw", "emergency"),
     ("my mum is suddenly confused since this morning and does not know where she is", "emergency"),
+    ("my daughter has fits now and then but this one will not stop", "emergency"),
+    ("my wife had a stroke in 2019 and her speech is slurred worse than usual since twenty minutes ago", "emergency"),
+    ("my dad had a stroke 3 years ago, his speech has been a bit slurred since then", "none"),
 ])
 def test_habitual_or_chronic_baseline(text, expected):
     assert level(text) == expected, text

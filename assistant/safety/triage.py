@@ -392,8 +392,10 @@ def _usable(norm: str, m: re.Match, cfg: TriageConfig, context: bool = False,
             memo[key, start] = key in cfg.ctx and bool(cfg.ctx[key].search(clause))
         return memo[key, start]
 
-    # told of as long past ("years ago", "when she was 2") and not said to be back now
-    if clause_has("historical") and not clause_has("current"):
+    # told of as long past ("years ago", "when she was 2") and not said to be back now, in the
+    # match's own part of the clause ("a stroke years ago and his speech is slurred" is news)
+    if _part_has(("historical",), clause, start, m.start(), cfg, memo) \
+            and not _part_has(("current",), clause, start, m.start(), cfg, memo):
         return False
     negated = cfg.ctx["negation"].search(prefix)
     # "never had chest pain like this" is worse, not absent; a "not" beside it still denies
