@@ -21,6 +21,8 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .anchors import anchors
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "data" / "safety" / "triage.toml"
 CATALOGUE = DEFAULT_CONFIG.with_name("catalogue.toml")
 ENV_CONFIG = "HEALTH_ASSISTANT_SAFETY_CONFIG"
@@ -86,6 +88,12 @@ class _Rule:
     context: bool
     unless: list[re.Pattern] = field(default_factory=list)  # the rule does not fire if any matches
     any_framing: bool = False  # counts even in a general question ("how many would kill someone?")
+    # per term: literals one of which any match contains (None: unknown); none in the message,
+    # no match, and the rule is skipped without running its patterns
+    gates: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.gates = [anchors(term) for term in self.terms]
 
 
 @dataclass
@@ -440,6 +448,8 @@ def _is_question(text: str) -> bool:
 
 
 def _rule_fires(rule: _Rule, norm: str, cfg: TriageConfig, question: bool, memo: dict | None = None) -> bool:
+    if not all(gate is None or any(a in norm for a in gate) for gate in rule.gates):
+        return False
     clauses: list[str] = []  # the clauses of the rule's usable matches
     parts: list[str] = []  # the same, cut at "and": where the match itself is
     for term in rule.terms:
