@@ -188,7 +188,7 @@ def label_passages(label: dict, focus: str, aliases: list[str], doc_id: str, url
             continue
         out.extend((section, t, "label") for t in chunk(cap_words(text, limit)))
     return [{"doc_id": doc_id, "source": f"openFDA {part}", "url": url, "focus": focus, "qtype": section,
-             "title": f"{focus}: {section}", "aliases": aliases, "licence": LICENCE, "text": text}
+             "title": f"{focus}: {section}", "aliases": aliases, "names": aliases, "licence": LICENCE, "text": text}
             for section, text, part in out]
 
 
@@ -276,7 +276,8 @@ def build(labels_dir: Path | None, indications: Path | None, medquad: Path | Non
             for text in chunk(cap_words(entry["text"], 300)):
                 records.append({"doc_id": f"FDA-indications/{norm_name(generic).replace(' ', '-')}",
                                 "source": "FDA label indications", "url": url, "focus": focus, "qtype": "uses",
-                                "title": f"{focus}: uses", "aliases": aliases, "licence": LICENCE, "text": text})
+                                "title": f"{focus}: uses", "aliases": aliases, "names": aliases, "licence": LICENCE,
+                                "text": text})
             held.update(base_name(a) for a in aliases)
     not_held = []
     if medquad:

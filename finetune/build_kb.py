@@ -151,9 +151,12 @@ def read_documents(source: Path) -> list[dict]:
                 continue
             doc_id = f"{coll}/{xml_path.stem}"  # the id attribute repeats in a few cancer.gov files
             focus = " ".join((root.findtext("Focus") or "").split())
-            # MedlinePlus lists other names of a topic ("A1C": HbA1C, Glycohemoglobin): a
-            # question that uses one of them must find the page.
-            synonyms = [" ".join((s.text or "").split()) for s in root.iter("Synonym")]
+            # MedlinePlus lists the names people use for a topic ("A1C": HbA1C, Glycohemoglobin):
+            # a question that uses one of them must find the page. GARD's and GHR's synonyms are
+            # mostly scientific variants and acronyms, which matched unrelated questions (on
+            # valid they lowered citation precision by 5 points): not kept.
+            synonyms = ([" ".join((s.text or "").split()) for s in root.iter("Synonym")]
+                        if coll == "MPlus_Health_Topics" else [])
             docs.append({"doc_id": doc_id, "source": coll, "url": root.get("url") or "", "focus": focus, "qas": qas,
                          "aliases": [s for s in dict.fromkeys(synonyms) if s and s.lower() != focus.lower()]})
     assign_splits(docs)
