@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .vocabulary import normalise
+
 GROUNDING_PASSAGES = 2
 # Candidates looked at for those passages. An answer is grounded in one page: the best
 # hit's. Mixing in the runner-up page of another document made one answer in four cite
@@ -153,8 +155,6 @@ class Grounding:
 
 
 def _names_on(passage) -> set[str]:
-    from .vocabulary import normalise
-
     return {normalise(n) for n in (topic_of(passage), *passage.aliases)}
 
 
@@ -181,8 +181,6 @@ def ground(knowledge, queries: list[tuple[str, str | None]], question: str, voca
         if vocabulary is not None:
             for phrase, alts in vocabulary.expand(question):
                 named.update([phrase, *alts])
-        from .vocabulary import normalise
-
         named = {normalise(n) for n in named}
         if not is_drug_page(passages[0]) or not named & _names_on(passages[0]):
             return Grounding("missing", [], missing)  # another page would answer beside the question

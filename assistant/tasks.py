@@ -23,7 +23,9 @@ from typing import Callable, Sequence
 from . import faithfulness, prompts
 from .answer_checks import SentenceGate
 # Grounding lives in its own module; these names stay importable from here.
-from .grounding import GROUNDING_CANDIDATES, GROUNDING_PASSAGES, ground, question_section, retrieve_grounding  # noqa: F401
+from .grounding import (  # noqa: F401
+    GROUNDING_CANDIDATES, GROUNDING_PASSAGES, ground, is_drug_page, question_section, retrieve_grounding,
+)
 from .backends.base import Backend, BackendError, CancelToken, GenerationOptions, GenerationStats, Message
 
 TextCallback = Callable[[str], None]
@@ -640,7 +642,7 @@ def answer(
     additions = []
     if grounding is not None and not cancelled:
         if grounding.kind == "partial":
-            who = "Your pharmacist or prescriber" if _is_drug(hits[0]) else "A doctor, nurse or pharmacist"
+            who = "Your pharmacist or prescriber" if is_drug_page(hits[0]) else "A doctor, nurse or pharmacist"
             additions.append(prompts.render("partial_answer", topic=grounding.topic, who=who))
         if grounding.missing:
             additions.append(prompts.render("not_in_library", drugs=_listing(grounding.missing)))
@@ -678,12 +680,6 @@ def _queries(question: str, history: Sequence[Message]) -> list[tuple[str, str |
 def _listing(names: Sequence[str]) -> str:
     names = list(names)
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-
-
-def _is_drug(passage) -> bool:
-    from .grounding import is_drug_page
-
-    return is_drug_page(passage)
 
 
 def question_of(messages: Sequence[Message]) -> str:

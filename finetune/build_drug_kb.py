@@ -199,7 +199,7 @@ def read_indications(path: Path) -> list[dict]:
     if start < 0:
         raise SystemExit(f"{path}: no 'ProductNames|UNII|IndicationsSummary' header")
     entries = []
-    for block in body[start:].split("\n---")[0:]:
+    for block in body[start:].split("\n---"):
         lines = [ln for ln in block.strip().splitlines() if ln.strip()]
         if lines and lines[0].startswith("ProductNames|"):
             lines = lines[1:]
